@@ -1,0 +1,243 @@
+//! The standard JSON shape of an atkafka-host event, written straight into a byte buffer.
+//!
+//! Both built-in formatters render events through this crate, so the Osprey envelope always wraps
+//! exactly the standard message. The record JSON comes from the host, which produced it from a
+//! verified DAG-CBOR block, so it is spliced in as is rather than parsed again. Every other string
+//! is escaped by `serde_json`.
+
+use std::io::Write;
+
+#[cfg(feature = "guest")]
+pub mod guest;
+
+/// What a commit did to one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// A borrowed view of one event, independent of any generated bindings.
+#[derive(Clone, Copy, Debug)]
+pub enum EventView<'a> {
+    Operation {
+        did: &'a str,
+        time: &'a str,
+        action: Action,
+        collection: &'a str,
+        rkey: &'a str,
+        cid: Option<&'a str>,
+        /// The record as atproto JSON text.
+        record: Option<&'a str>,
+    },
+    Account {
+        did: &'a str,
+        seq: i64,
+        time: &'a str,
+        active: bool,
+        status: Option<&'a str>,
+    },
+    Identity {
+        did: &'a str,
+        seq: i64,
+        time: &'a str,
+        handle: Option<&'a str>,
+    },
+    Sync {
+        did: &'a str,
+        seq: i64,
+        time: &'a str,
+        rev: &'a str,
+    },
+    Info {
+        name: &'a str,
+        message: Option<&'a str>,
+    },
+}
+
+impl EventView<'_> {
+    /// The event's time as the relay sent it; info events have none.
+    pub fn time(&self) -> Option<&str> {
+        match self {
+            EventView::Operation { time, .. }
+            | EventView::Account { time, .. }
+            | EventView::Identity { time, .. }
+            | EventView::Sync { time, .. } => Some(time),
+            EventView::Info { .. } => None,
+        }
+    }
+
+    /// The Osprey action name: `operation#create`, `operation#update`, `operation#delete`,
+    /// `account`, `identity`, `sync` or `info`.
+    pub fn action_name(&self) -> &'static str {
+        match self {
+            EventView::Operation { action: Action::Create, .. } => "operation#create",
+            EventView::Operation { action: Action::Update, .. } => "operation#update",
+            EventView::Operation { action: Action::Delete, .. } => "operation#delete",
+            EventView::Account { .. } => "account",
+            EventView::Identity { .. } => "identity",
+            EventView::Sync { .. } => "sync",
+            EventView::Info { .. } => "info",
+        }
+    }
+}
+
+/// Appends `value` as a JSON string literal.
+pub fn write_json_string(out: &mut Vec<u8>, value: &str) {
+    // Writing a `str` into a `Vec` cannot fail.
+    serde_json::to_writer(&mut *out, value).expect("a str serializes to JSON");
+}
+
+fn write_optional_string(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(value) => write_json_string(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn write_did_and_timestamp(out: &mut Vec<u8>, did: &str, time: &str) {
+    out.extend_from_slice(b"{\"did\":");
+    write_json_string(out, did);
+    out.extend_from_slice(b",\"timestamp\":");
+    write_json_string(out, time);
+}
+
+/// Appends the standard JSON message of `event`:
+///
+/// - operation: `{"did","timestamp","operation":{"action","collection","rkey","uri","cid","path","record"}}`,
+///   with `cid` and `record` null on deletes;
+/// - account: `{"did","timestamp","account":{"active","seq","status"}}`, `status` left out when
+///   the frame has none;
+/// - identity: `{"did","timestamp","identity":{"seq","handle"}}`, `handle` null when absent;
+/// - sync: `{"did","timestamp","sync":{"seq","rev"}}`;
+/// - info: `{"info":{"name","message"}}`, `message` left out when absent.
+pub fn write_standard(out: &mut Vec<u8>, event: &EventView<'_>) {
+    match *event {
+        EventView::Operation { did, time, action, collection, rkey, cid, record } => {
+            write_did_and_timestamp(out, did, time);
+            out.extend_from_slice(b",\"operation\":{\"action\":\"");
+            out.extend_from_slice(action.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"collection\":");
+            write_json_string(out, collection);
+            out.extend_from_slice(b",\"rkey\":");
+            write_json_string(out, rkey);
+            out.extend_from_slice(b",\"uri\":");
+            write_json_string(out, &format!("at://{did}/{collection}/{rkey}"));
+            out.extend_from_slice(b",\"cid\":");
+            write_optional_string(out, cid);
+            out.extend_from_slice(b",\"path\":");
+            write_json_string(out, &format!("{collection}/{rkey}"));
+            out.extend_from_slice(b",\"record\":");
+            match record {
+                Some(record) => out.extend_from_slice(record.as_bytes()),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b"}}");
+        }
+        EventView::Account { did, seq, time, active, status } => {
+            write_did_and_timestamp(out, did, time);
+            let _ = write!(out, ",\"account\":{{\"active\":{active},\"seq\":{seq}");
+            if let Some(status) = status {
+                out.extend_from_slice(b",\"status\":");
+                write_json_string(out, status);
+            }
+            out.extend_from_slice(b"}}");
+        }
+        EventView::Identity { did, seq, time, handle } => {
+            write_did_and_timestamp(out, did, time);
+            let _ = write!(out, ",\"identity\":{{\"seq\":{seq},\"handle\":");
+            write_optional_string(out, handle);
+            out.extend_from_slice(b"}}");
+        }
+        EventView::Sync { did, seq, time, rev } => {
+            write_did_and_timestamp(out, did, time);
+            let _ = write!(out, ",\"sync\":{{\"seq\":{seq},\"rev\":");
+            write_json_string(out, rev);
+            out.extend_from_slice(b"}}");
+        }
+        EventView::Info { name, message } => {
+            out.extend_from_slice(b"{\"info\":{\"name\":");
+            write_json_string(out, name);
+            if let Some(message) = message {
+                out.extend_from_slice(b",\"message\":");
+                write_json_string(out, message);
+            }
+            out.extend_from_slice(b"}}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(event: EventView<'_>) -> serde_json::Value {
+        let mut out = Vec::new();
+        write_standard(&mut out, &event);
+        serde_json::from_slice(&out).expect("standard output is valid JSON")
+    }
+
+    #[test]
+    fn create_renders_uri_path_and_record() {
+        let value = render(EventView::Operation {
+            did: "did:plc:abc",
+            time: "2026-07-04T14:38:07.877Z",
+            action: Action::Create,
+            collection: "app.bsky.feed.post",
+            rkey: "3k",
+            cid: Some("bafyrei"),
+            record: Some(r#"{"text":"a \"quote\""}"#),
+        });
+        assert_eq!(value["did"], "did:plc:abc");
+        assert_eq!(value["timestamp"], "2026-07-04T14:38:07.877Z");
+        assert_eq!(value["operation"]["action"], "create");
+        assert_eq!(value["operation"]["uri"], "at://did:plc:abc/app.bsky.feed.post/3k");
+        assert_eq!(value["operation"]["path"], "app.bsky.feed.post/3k");
+        assert_eq!(value["operation"]["cid"], "bafyrei");
+        assert_eq!(value["operation"]["record"]["text"], "a \"quote\"");
+    }
+
+    #[test]
+    fn delete_has_null_cid_and_record() {
+        let value = render(EventView::Operation {
+            did: "did:plc:abc",
+            time: "t",
+            action: Action::Delete,
+            collection: "app.bsky.feed.like",
+            rkey: "3k",
+            cid: None,
+            record: None,
+        });
+        assert!(value["operation"]["record"].is_null());
+        assert!(value["operation"]["cid"].is_null());
+    }
+
+    #[test]
+    fn account_without_status_leaves_it_out() {
+        let value = render(EventView::Account { did: "d", seq: 7, time: "t", active: true, status: None });
+        assert_eq!(value["account"], serde_json::json!({"active": true, "seq": 7}));
+    }
+
+    #[test]
+    fn identity_without_handle_has_null_handle() {
+        let value = render(EventView::Identity { did: "d", seq: 7, time: "t", handle: None });
+        assert_eq!(value["identity"], serde_json::json!({"seq": 7, "handle": null}));
+    }
+
+    #[test]
+    fn info_has_only_name_and_message() {
+        let value = render(EventView::Info { name: "OutdatedCursor", message: Some("m") });
+        assert_eq!(value, serde_json::json!({"info": {"name": "OutdatedCursor", "message": "m"}}));
+    }
+}

@@ -1,0 +1,160 @@
+//! The command line: every flag, its environment variable, unit and default, and the checks
+//! that turn it into [`Settings`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::formatter::{FormatterLimits, FormatterSource};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atkafka-host",
+    version,
+    about = "Streams the AT Protocol firehose into Kafka, one message per event, formatted by WebAssembly components."
+)]
+pub struct Cli {
+    /// Relay to subscribe to: `wss://host`, `ws://host:port`, or a bare host name (wss is used).
+    #[arg(long, env = "ATKAFKA_RELAY_HOST", default_value = "wss://bsky.network")]
+    pub relay_host: String,
+
+    /// Kafka bootstrap servers, comma-separated `host:port` pairs.
+    #[arg(long, env = "ATKAFKA_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+
+    /// Topic the formatted messages go to. Created when missing.
+    #[arg(long, env = "ATKAFKA_OUTPUT_TOPIC")]
+    pub output_topic: String,
+
+    /// Format events as Osprey action envelopes; the same as `--formatter osprey`.
+    #[arg(long, env = "ATKAFKA_OSPREY_COMPATIBLE")]
+    pub osprey_compatible: bool,
+
+    /// Formatter: `standard`, `osprey`, or a path to a `.wasm` component exporting the
+    /// atkafka:formatter world. [default: standard]
+    #[arg(long, env = "ATKAFKA_FORMATTER")]
+    pub formatter: Option<String>,
+
+    /// An option passed to the formatter's configure call, as `key=value`. Repeatable; in the
+    /// environment variable, separate options with commas.
+    #[arg(long = "formatter-option", env = "ATKAFKA_FORMATTER_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub formatter_options: Vec<(String, String)>,
+
+    /// CPU time one formatter call may take before it is interrupted and the event counted as
+    /// failed, in milliseconds.
+    #[arg(long, env = "ATKAFKA_FORMATTER_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub formatter_timeout_ms: u64,
+
+    /// Linear memory a formatter instance may use, in MiB.
+    #[arg(long, env = "ATKAFKA_FORMATTER_MEMORY_MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub formatter_memory_mib: u64,
+
+    /// Address of the Prometheus metrics endpoint (`/metrics`).
+    #[arg(long, env = "ATKAFKA_METRICS_LISTEN_ADDRESS", default_value = "0.0.0.0:2112")]
+    pub metrics_listen_address: SocketAddr,
+
+    /// Partitions of the output topic when the host creates it.
+    #[arg(long, env = "ATKAFKA_TOPIC_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+    pub topic_partitions: i32,
+
+    /// Replication factor of the output topic when the host creates it; -1 uses the broker's
+    /// default.
+    #[arg(long, env = "ATKAFKA_TOPIC_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+    pub topic_replication_factor: i32,
+
+    /// A librdkafka producer property as `key=value` (for example `compression.type=zstd` or
+    /// `security.protocol=ssl`). Repeatable; in the environment variable, separate properties
+    /// with commas.
+    #[arg(long = "kafka-property", env = "ATKAFKA_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// Id of this host among hosts writing to the same consumers (0 to 1023); it is part of every
+    /// event id, so distinct hosts never produce the same id.
+    #[arg(long, env = "ATKAFKA_INSTANCE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..1024))]
+    pub instance_id: u16,
+
+    /// On SIGTERM or SIGINT, how long to wait for messages in flight to be acknowledged, in
+    /// seconds.
+    #[arg(long, env = "ATKAFKA_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn parse_key_value(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("`{value}` is not of the form key=value")),
+    }
+}
+
+/// The checked settings the host runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub relay_url: String,
+    pub bootstrap_servers: String,
+    pub output_topic: String,
+    pub formatter: FormatterSource,
+    pub formatter_options: Vec<(String, String)>,
+    pub formatter_limits: FormatterLimits,
+    pub metrics_listen_address: SocketAddr,
+    pub topic_partitions: i32,
+    pub topic_replication_factor: i32,
+    pub kafka_properties: Vec<(String, String)>,
+    pub instance_id: u16,
+    pub shutdown_timeout: Duration,
+}
+
+/// Bytes of a guest's stdout and of its stderr kept per call for the log.
+const GUEST_OUTPUT_CAP_BYTES: usize = 4096;
+
+impl Cli {
+    /// Checks the flags together and names the flag behind any problem.
+    pub fn settings(self) -> Result<Settings, String> {
+        let formatter = match (self.osprey_compatible, self.formatter.as_deref()) {
+            (true, Some(formatter)) if formatter != "osprey" => {
+                return Err(format!(
+                    "--osprey-compatible conflicts with --formatter {formatter}: use one of them"
+                ));
+            }
+            (true, _) => FormatterSource::Builtin("osprey"),
+            (false, None) => FormatterSource::Builtin("standard"),
+            (false, Some(value)) => FormatterSource::parse(value).map_err(|error| format!("invalid --formatter: {error}"))?,
+        };
+        if self.bootstrap_servers.split(',').all(|server| server.trim().is_empty()) {
+            return Err("invalid --bootstrap-servers: no server given".to_owned());
+        }
+        if self.output_topic.trim().is_empty() {
+            return Err("invalid --output-topic: the topic name is empty".to_owned());
+        }
+        if self.topic_replication_factor == 0 || self.topic_replication_factor < -1 {
+            return Err(format!(
+                "invalid --topic-replication-factor {}: use -1 (the broker's default) or a positive number",
+                self.topic_replication_factor
+            ));
+        }
+        if let Some((key, _)) = self.kafka_properties.iter().find(|(key, _)| key == "bootstrap.servers") {
+            return Err(format!("--kafka-property {key} conflicts with --bootstrap-servers: use --bootstrap-servers"));
+        }
+        let relay_url = crate::relay::subscribe_url(&self.relay_host)
+            .map_err(|error| format!("invalid --relay-host: {error}"))?;
+
+        Ok(Settings {
+            relay_url,
+            bootstrap_servers: self.bootstrap_servers,
+            output_topic: self.output_topic,
+            formatter,
+            formatter_options: self.formatter_options,
+            formatter_limits: FormatterLimits {
+                timeout: Duration::from_millis(self.formatter_timeout_ms),
+                max_memory_bytes: (self.formatter_memory_mib as usize) << 20,
+                output_cap_bytes: GUEST_OUTPUT_CAP_BYTES,
+            },
+            metrics_listen_address: self.metrics_listen_address,
+            topic_partitions: self.topic_partitions,
+            topic_replication_factor: self.topic_replication_factor,
+            kafka_properties: self.kafka_properties,
+            instance_id: self.instance_id,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+        })
+    }
+}

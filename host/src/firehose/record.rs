@@ -1,0 +1,166 @@
+//! Conversion of one DAG-CBOR record block into atproto JSON text.
+//!
+//! The atproto data model maps CID links (CBOR tag 42) to `{"$link": "<cid>"}` and byte strings to
+//! `{"$bytes": "<base64 without padding>"}`; blobs are ordinary maps whose `ref` is a link, so they
+//! come out as `{"$type":"blob","ref":{"$link":…},"mimeType":…,"size":…}`. Map keys keep their
+//! order in the block. Anything outside the data model (floats, non-string map keys, other tags,
+//! integers outside the signed 64-bit range) makes the record invalid; nothing is silently changed.
+
+use std::io::Write;
+
+use base64::Engine as _;
+use ciborium::Value;
+
+use super::frame::parse_cid_link;
+
+/// Nesting limit for records. Real records nest about ten levels deep; a deeper block is rejected
+/// instead of exhausting the stack.
+pub const RECORD_RECURSION_LIMIT: usize = 128;
+
+/// Why a record block could not be turned into JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record block is not valid CBOR: {0}")]
+    Undecodable(String),
+    #[error("record is outside the atproto data model: {0}")]
+    NotDataModel(String),
+}
+
+/// Converts a DAG-CBOR record block to atproto JSON text.
+pub fn record_to_json(block: &[u8]) -> Result<String, RecordError> {
+    let mut rest = block;
+    let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, RECORD_RECURSION_LIMIT)
+        .map_err(|error| RecordError::Undecodable(error.to_string()))?;
+    if !rest.is_empty() {
+        return Err(RecordError::Undecodable(format!("{} bytes follow the record", rest.len())));
+    }
+    if !matches!(value, Value::Map(_)) {
+        return Err(RecordError::NotDataModel("a record must be a map".to_owned()));
+    }
+    let mut out = Vec::with_capacity(block.len() * 2);
+    write_value(&mut out, &value)?;
+    // Every string written came from a CBOR text string, which ciborium has checked is UTF-8, and
+    // serde_json escapes it; the rest is ASCII.
+    String::from_utf8(out).map_err(|error| RecordError::Undecodable(error.to_string()))
+}
+
+fn write_string(out: &mut Vec<u8>, value: &str) {
+    // Writing a `str` into a `Vec` cannot fail.
+    serde_json::to_writer(&mut *out, value).expect("a str serializes to JSON");
+}
+
+fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), RecordError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Integer(integer) => {
+            let integer = i128::from(*integer);
+            if i64::try_from(integer).is_err() {
+                return Err(RecordError::NotDataModel(format!("integer {integer} is outside the signed 64-bit range")));
+            }
+            let _ = write!(out, "{integer}");
+        }
+        Value::Float(float) => {
+            return Err(RecordError::NotDataModel(format!("float {float} (floats are not allowed)")));
+        }
+        Value::Text(text) => write_string(out, text),
+        Value::Bytes(bytes) => {
+            out.extend_from_slice(b"{\"$bytes\":\"");
+            out.extend_from_slice(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes).as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        Value::Tag(42, inner) => {
+            let Value::Bytes(bytes) = inner.as_ref() else {
+                return Err(RecordError::NotDataModel("tag 42 does not wrap a byte string".to_owned()));
+            };
+            let cid = parse_cid_link(bytes).map_err(RecordError::NotDataModel)?;
+            out.extend_from_slice(b"{\"$link\":\"");
+            out.extend_from_slice(cid.to_string().as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        Value::Tag(tag, _) => return Err(RecordError::NotDataModel(format!("CBOR tag {tag} (only tag 42 is allowed)"))),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item)?;
+            }
+            out.push(b']');
+        }
+        Value::Map(entries) => {
+            out.push(b'{');
+            for (index, (key, item)) in entries.iter().enumerate() {
+                let Value::Text(key) = key else {
+                    return Err(RecordError::NotDataModel("a map key is not a string".to_owned()));
+                };
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_string(out, key);
+                out.push(b':');
+                write_value(out, item)?;
+            }
+            out.push(b'}');
+        }
+        other => return Err(RecordError::NotDataModel(format!("unsupported CBOR value {other:?}"))),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cbor(value: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::ser::into_writer(value, &mut out).unwrap();
+        out
+    }
+
+    fn record(entries: Vec<(&str, Value)>) -> Vec<u8> {
+        cbor(&Value::Map(entries.into_iter().map(|(key, value)| (key.into(), value)).collect()))
+    }
+
+    #[test]
+    fn bytes_become_unpadded_base64() {
+        let json = record_to_json(&record(vec![("b", Value::Bytes(vec![1, 2, 3, 4]))])).unwrap();
+        assert_eq!(json, r#"{"b":{"$bytes":"AQIDBA"}}"#);
+    }
+
+    #[test]
+    fn map_keys_keep_block_order() {
+        let json = record_to_json(&record(vec![("z", 1.into()), ("a", 2.into())])).unwrap();
+        assert_eq!(json, r#"{"z":1,"a":2}"#);
+    }
+
+    #[test]
+    fn floats_are_rejected() {
+        let error = record_to_json(&record(vec![("f", Value::Float(1.5))])).unwrap_err();
+        assert!(matches!(error, RecordError::NotDataModel(_)), "{error}");
+    }
+
+    #[test]
+    fn non_map_record_is_rejected() {
+        assert!(record_to_json(&cbor(&Value::Array(vec![]))).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_without_overflow() {
+        let mut bytes = vec![0xa1, 0x61, b'a'];
+        for _ in 0..100_000 {
+            bytes.push(0x81);
+        }
+        bytes.push(0x01);
+        assert!(record_to_json(&bytes).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = record(vec![("a", 1.into())]);
+        bytes.push(0x01);
+        assert!(record_to_json(&bytes).is_err());
+    }
+}

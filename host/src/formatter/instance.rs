@@ -1,0 +1,202 @@
+//! One formatter: a compiled component, its options and limits, and the live instance that
+//! formats events.
+//!
+//! Guarantees: each `Formatter` owns its store, so its memory, faults and slowness are its own.
+//! A call that traps, runs past its deadline or hits the memory cap fails that event only; the
+//! instance is dropped and a fresh one is built (and configured) for the next event.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::Component;
+use wasmtime::Store;
+
+use super::bindings::atkafka::formatter::types as wit;
+use super::bindings::{Formatter as FormatterBindings, FormatterPre};
+use super::builtin::FormatterSource;
+use super::convert::to_wit;
+use super::engine::{deadline_ticks, FormatterEngine, GuestState};
+use super::limits::GuestLimiter;
+use crate::firehose::event::Event;
+use crate::ratelimit::LogLimiter;
+
+/// Limits applied to every call of one formatter.
+#[derive(Clone, Copy, Debug)]
+pub struct FormatterLimits {
+    /// CPU time a single call may take before it is interrupted.
+    pub timeout: Duration,
+    /// Linear memory the instance may grow to, in bytes.
+    pub max_memory_bytes: usize,
+    /// Bytes of stdout and of stderr kept per call for the log.
+    pub output_cap_bytes: usize,
+}
+
+/// A message returned by a formatter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub value: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub topic: Option<String>,
+}
+
+/// Why a formatter produced nothing for an event.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("formatter returned an error: {0}")]
+    Guest(String),
+    #[error("formatter trapped: {0}")]
+    Trap(String),
+    #[error("formatter ran past its deadline of {0:?}")]
+    Deadline(Duration),
+    #[error("formatter exceeded its memory limit of {0} bytes")]
+    MemoryLimit(usize),
+}
+
+impl FormatError {
+    /// The kind as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FormatError::Guest(_) => "error",
+            FormatError::Trap(_) => "trap",
+            FormatError::Deadline(_) => "deadline",
+            FormatError::MemoryLimit(_) => "memory",
+        }
+    }
+
+    pub const KINDS: [&'static str; 4] = ["error", "trap", "deadline", "memory"];
+}
+
+struct Live {
+    store: Store<GuestState>,
+    bindings: FormatterBindings,
+}
+
+pub struct Formatter {
+    name: String,
+    engine: FormatterEngine,
+    pre: FormatterPre<GuestState>,
+    options: Vec<(String, String)>,
+    limits: FormatterLimits,
+    live: Option<Live>,
+    output_log: LogLimiter,
+}
+
+impl Formatter {
+    /// Compiles and links the component, then builds and configures a first instance, so that a
+    /// component that cannot load or rejects its options fails here, at start-up.
+    pub fn new(
+        engine: &FormatterEngine,
+        source: &FormatterSource,
+        options: Vec<(String, String)>,
+        limits: FormatterLimits,
+    ) -> anyhow::Result<Self> {
+        let name = source.name();
+        let bytes = source.load().map_err(anyhow::Error::msg)?;
+        let component: Component =
+            engine.compile(&bytes).with_context(|| format!("formatter `{name}` is not a valid component"))?;
+        let instance_pre = engine
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("formatter `{name}` imports something the host does not provide"))?;
+        let pre = FormatterPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("formatter `{name}` does not export the atkafka:formatter world"))?;
+
+        let mut formatter = Formatter {
+            name,
+            engine: engine.clone(),
+            pre,
+            options,
+            limits,
+            live: None,
+            output_log: LogLimiter::default(),
+        };
+        formatter.instantiate().map_err(|error| anyhow::anyhow!("formatter `{}`: {error}", formatter.name))?;
+        Ok(formatter)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Builds a fresh instance and calls its `configure`.
+    fn instantiate(&mut self) -> Result<(), FormatError> {
+        let ticks = deadline_ticks(self.limits.timeout);
+        let limiter = GuestLimiter::new(self.limits.max_memory_bytes);
+        let mut store = self.engine.new_store(limiter, self.limits.output_cap_bytes, ticks);
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(bindings) => bindings,
+            Err(error) => return Err(self.classify(&mut store, error)),
+        };
+        store.set_epoch_deadline(ticks);
+        let configured = bindings.call_configure(&mut store, &self.options);
+        log_guest_output(&mut self.output_log, &self.name, store.data());
+        match configured {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(FormatError::Guest(format!("invalid options: {message}"))),
+            Err(error) => return Err(self.classify(&mut store, error)),
+        }
+        self.live = Some(Live { store, bindings });
+        Ok(())
+    }
+
+    /// Formats one event. On any failure the instance is dropped and rebuilt on the next call.
+    pub fn format(&mut self, event: &Event, event_id: u64, received_at_us: u64) -> Result<Vec<Message>, FormatError> {
+        if self.live.is_none() {
+            self.instantiate()?;
+        }
+        let live = self.live.as_mut().expect("an instance was just built");
+        live.store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        live.store.data_mut().limiter.memory_limit_hit = false;
+
+        let context = wit::Context { event_id, received_at_us };
+        let result = live.bindings.call_format(&mut live.store, &to_wit(event), context);
+        log_guest_output(&mut self.output_log, &self.name, live.store.data());
+
+        match result {
+            Ok(Ok(messages)) => Ok(messages.into_iter().map(from_wit).collect()),
+            Ok(Err(message)) => Err(FormatError::Guest(message)),
+            Err(error) => {
+                let mut live = self.live.take().expect("the instance is still there");
+                Err(self.classify(&mut live.store, error))
+            }
+        }
+    }
+
+    /// Names the limit a failed call hit, or the trap it raised.
+    fn classify(&self, store: &mut Store<GuestState>, error: wasmtime::Error) -> FormatError {
+        if store.data().limiter.memory_limit_hit {
+            return FormatError::MemoryLimit(store.data().limiter.max_memory_bytes());
+        }
+        if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
+            return FormatError::Deadline(self.limits.timeout);
+        }
+        FormatError::Trap(format!("{error:#}"))
+    }
+
+    /// The highest linear memory of the live instance, in bytes.
+    pub fn peak_memory_bytes(&self) -> usize {
+        self.live.as_ref().map(|live| live.store.data().limiter.peak_memory_bytes).unwrap_or(0)
+    }
+}
+
+/// Logs what the guest wrote to stdout and stderr during the last call, rate-limited.
+fn log_guest_output(limiter: &mut LogLimiter, formatter: &str, state: &GuestState) {
+    for (stream, output) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+        let Some((text, dropped)) = output.take() else { continue };
+        if let Some(suppressed) = limiter.allow() {
+            tracing::info!(formatter, stream, dropped_bytes = dropped, suppressed, "guest output: {text}");
+        }
+    }
+}
+
+fn from_wit(message: wit::Message) -> Message {
+    Message {
+        value: message.value,
+        key: message.key,
+        headers: message.headers.into_iter().map(|header| (header.key, header.value)).collect(),
+        topic: message.topic,
+    }
+}

@@ -1,0 +1,16 @@
+//! atkafka-host: streams the AT Protocol firehose into Kafka through WebAssembly formatters.
+//!
+//! The decode path (`firehose`) is pure; I/O lives in `relay` (the WebSocket), `kafka` (the
+//! producer) and `metrics` (the HTTP endpoint); `pipeline` joins them and `app` runs the whole.
+
+pub mod app;
+pub mod cli;
+pub mod event_id;
+pub mod firehose;
+pub mod formatter;
+pub mod kafka;
+pub mod metrics;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod relay;
+pub mod skip;

@@ -1,0 +1,218 @@
+//! The Prometheus metrics of the host and the HTTP endpoint that serves them.
+//!
+//! Every label value of a closed set (frame types, skip reasons, delivery statuses, formatter
+//! error kinds) is registered at start-up with a zero, so dashboards and alerts see every series
+//! from the first scrape.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::firehose::frame::FRAME_LABELS;
+use crate::formatter::FormatError;
+use crate::skip::SkipReason;
+
+/// Distinct collection labels kept on `atkafka_handled_events`; further collections are counted
+/// under `other`, because NSIDs come from the network and would otherwise grow without bound.
+const MAX_COLLECTION_LABELS: usize = 1000;
+
+/// Error names of error frames kept as labels; others are counted under `other`.
+const KNOWN_ERROR_FRAMES: [&str; 3] = ["FutureCursor", "ConsumerTooSlow", "other"];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Events handed to the formatters, by action name and collection.
+    pub handled_events: IntCounterVec,
+    /// Kafka messages by delivery status: `ok` (acknowledged) or `failed`.
+    pub produced_events: IntCounterVec,
+    /// Frames received, by type.
+    pub frames: IntCounterVec,
+    /// Frames and record operations skipped, by reason.
+    pub skipped: IntCounterVec,
+    /// Error frames received, by error name.
+    pub error_frames: IntCounterVec,
+    /// Formatter failures, by formatter and kind.
+    pub formatter_errors: IntCounterVec,
+    /// Highest linear memory of each formatter's instance, in bytes.
+    pub formatter_memory_bytes: IntGaugeVec,
+    /// The seq of the last frame received.
+    pub last_seq: IntGauge,
+    /// When the last frame was received, in seconds since the Unix epoch.
+    pub last_frame_time: IntGauge,
+    /// Relay connections opened, by result (`connected`, `failed`).
+    pub relay_connections: IntCounterVec,
+    /// Frames received but not yet decoded.
+    pub frame_queue_depth: IntGauge,
+    collections: Mutex<HashSet<String>>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> anyhow::Result<IntCounterVec> {
+    let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(counter.clone()))?;
+    Ok(counter)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntGauge> {
+    let gauge = IntGauge::new(name, help)?;
+    registry.register(Box::new(gauge.clone()))?;
+    Ok(gauge)
+}
+
+impl Metrics {
+    /// Registers every metric, with every closed-set label at zero. `formatters` are the names
+    /// of the formatters in use.
+    pub fn new(formatters: &[String]) -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            handled_events: counter(
+                &registry,
+                "atkafka_handled_events",
+                "Events received on the firehose and handed to the formatters",
+                &["action_name", "collection"],
+            )?,
+            produced_events: counter(
+                &registry,
+                "atkafka_produced_events",
+                "Kafka messages by delivery status (ok: acknowledged by the broker; failed)",
+                &["status"],
+            )?,
+            frames: counter(&registry, "atkafka_frames", "Firehose frames received, by type", &["type"])?,
+            skipped: counter(&registry, "atkafka_skipped", "Frames and record operations skipped, by reason", &["reason"])?,
+            error_frames: counter(&registry, "atkafka_error_frames", "Error frames received from the relay", &["error"])?,
+            formatter_errors: counter(
+                &registry,
+                "atkafka_formatter_errors",
+                "Formatter calls that failed, by kind (error, trap, deadline, memory)",
+                &["formatter", "kind"],
+            )?,
+            formatter_memory_bytes: {
+                let gauge = IntGaugeVec::new(
+                    Opts::new("atkafka_formatter_memory_bytes", "Highest linear memory of the formatter instance, in bytes"),
+                    &["formatter"],
+                )?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
+            },
+            last_seq: gauge(&registry, "atkafka_last_seq", "Seq of the last frame received")?,
+            last_frame_time: gauge(
+                &registry,
+                "atkafka_last_frame_time_seconds",
+                "When the last frame was received, in seconds since the Unix epoch",
+            )?,
+            relay_connections: counter(
+                &registry,
+                "atkafka_relay_connections",
+                "Relay connection attempts, by result",
+                &["result"],
+            )?,
+            frame_queue_depth: gauge(&registry, "atkafka_frame_queue_depth", "Frames received but not yet decoded")?,
+            registry,
+            collections: Mutex::new(HashSet::new()),
+        };
+
+        for status in ["ok", "failed"] {
+            metrics.produced_events.with_label_values(&[status]);
+        }
+        for label in FRAME_LABELS {
+            metrics.frames.with_label_values(&[label]);
+        }
+        for reason in SkipReason::ALL {
+            metrics.skipped.with_label_values(&[reason.label()]);
+        }
+        for error in KNOWN_ERROR_FRAMES {
+            metrics.error_frames.with_label_values(&[error]);
+        }
+        for result in ["connected", "failed"] {
+            metrics.relay_connections.with_label_values(&[result]);
+        }
+        for formatter in formatters {
+            for kind in FormatError::KINDS {
+                metrics.formatter_errors.with_label_values(&[formatter.as_str(), kind]);
+            }
+            metrics.formatter_memory_bytes.with_label_values(&[formatter.as_str()]);
+        }
+        Ok(metrics)
+    }
+
+    /// Counts one handled event, capping the number of distinct collection labels.
+    pub fn count_handled(&self, action_name: &str, collection: &str) {
+        let mut collections = self.collections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let collection = if collections.contains(collection) {
+            collection
+        } else if collections.len() < MAX_COLLECTION_LABELS {
+            collections.insert(collection.to_owned());
+            collection
+        } else {
+            "other"
+        };
+        self.handled_events.with_label_values(&[action_name, collection]).inc();
+    }
+
+    /// Counts one error frame by its error name.
+    pub fn count_error_frame(&self, error: &str) {
+        let label = if KNOWN_ERROR_FRAMES.contains(&error) { error } else { "other" };
+        self.error_frames.with_label_values(&[label]).inc();
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only on an invalid metric, which registration has ruled out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Binds the metrics address, so that a taken port fails at start-up.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {address} (--metrics-listen-address)"))
+}
+
+/// Serves `/metrics` (and `/healthz`) on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "serving metrics on /metrics");
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%error, "failed to accept a metrics connection");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(request: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", b"not found; metrics are at /metrics\n".to_vec()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a response with a static status and header is valid")
+}
