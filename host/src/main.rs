@@ -1,5 +1,6 @@
 //! The `atkafka-host` command: parses the command line and runs the host until a signal stops it.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use atkafka_host::cli::Cli;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
