@@ -14,6 +14,7 @@ const GUESTS: [(&str, &str, &str); 2] = [
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("the host crate lives inside the workspace").to_path_buf();
+    // `make guests` builds into the same directory, so after it this build is a quick no-op.
     let target_dir = workspace.join("target").join("guest-build");
     println!("cargo:rerun-if-changed={}", workspace.join("guest-formatters").display());
     println!("cargo:rerun-if-changed={}", workspace.join("wit").display());

@@ -1,0 +1,30 @@
+# atkafka-host: build, test and run.
+#
+#   make build       the built-in formatter guests (wasm32-wasip2), then target/release/atkafka-host
+#   make test        everything `make test-deps` needs, then every test (unit, fixtures, end to end)
+#   make run         streams the live firehose into Kafka; starts a local Tansu broker on
+#                    127.0.0.1:9092 unless BOOTSTRAP_SERVERS is given
+#   make test-deps   the wasm32-wasip2 target and the Tansu broker the tests run against
+
+CARGO ?= cargo
+GUEST_TARGET_DIR := target/guest-build
+GUESTS := -p atkafka-formatter-standard -p atkafka-formatter-osprey
+HOST_BIN := $(CURDIR)/target/release/atkafka-host
+
+.PHONY: build guests test test-deps run
+
+guests:
+	scripts/install-deps.sh wasm-target
+	$(CARGO) build --profile guest --target wasm32-wasip2 $(GUESTS) --target-dir $(GUEST_TARGET_DIR)
+
+build: guests
+	$(CARGO) build --release -p atkafka-host
+
+test-deps:
+	scripts/install-deps.sh wasm-target tansu
+
+test: test-deps build
+	ATKAFKA_HOST_BIN=$(HOST_BIN) $(CARGO) test -p atkafka-host -p atkafka-shape -p atkafka-integration-tests
+
+run: build
+	scripts/run-local.sh $(HOST_BIN)
