@@ -3,7 +3,8 @@
 # with in-memory storage on 127.0.0.1:9092 and stops it on exit.
 #
 # Environment: RELAY_HOST (default wss://bsky.network), BOOTSTRAP_SERVERS, OUTPUT_TOPIC (default
-# atproto-events), ARGS (further atkafka-host flags, for example "--osprey-compatible").
+# atproto-events), CURSOR_FILE (keeps the cursor across runs; none by default), ARGS (further
+# atkafka-host flags, for example "--osprey-compatible").
 set -euo pipefail
 
 host_bin=${1:?usage: run-local.sh PATH_TO_ATKAFKA_HOST}
@@ -26,6 +27,9 @@ if [ -z "$bootstrap_servers" ]; then
   echo "started a Tansu broker on $bootstrap_servers (in memory; log: $log)"
 fi
 
+cursor_args=()
+if [ -n "${CURSOR_FILE:-}" ]; then cursor_args=(--cursor-file "$CURSOR_FILE"); fi
+
 # shellcheck disable=SC2086 # ARGS holds several flags on purpose.
 "$host_bin" --relay-host "$relay_host" --bootstrap-servers "$bootstrap_servers" \
-  --output-topic "$output_topic" --metrics-listen-address 127.0.0.1:2112 ${ARGS:-}
+  --output-topic "$output_topic" --metrics-listen-address 127.0.0.1:2112 "${cursor_args[@]}" ${ARGS:-}

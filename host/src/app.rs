@@ -9,16 +9,21 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Settings;
+use crate::cursor;
+use crate::fatal::Fatal;
 use crate::event_id::EventIds;
 use crate::formatter::{Formatter, FormatterEngine};
 use crate::kafka::delivery::check_deliveries;
 use crate::kafka::producer::{client_config, Producer};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipeline;
+use crate::relay::RelayOptions;
 use crate::{kafka, relay};
 
 /// Frames read from the relay and not yet decoded. A full queue stops the reader.
@@ -46,12 +51,35 @@ fn build_formatters(engine: &FormatterEngine, settings: &Settings) -> anyhow::Re
     })
 }
 
-/// Runs the host until SIGTERM or SIGINT, then drains and returns.
+/// The seq to resume after: `--cursor`, else the cursor file, else none (the live position).
+fn starting_cursor(settings: &Settings) -> anyhow::Result<Option<i64>> {
+    if let Some(seq) = settings.cursor {
+        tracing::info!(cursor = seq, "starting after the seq given by --cursor");
+        return Ok(Some(seq));
+    }
+    let Some(path) = &settings.cursor_file else {
+        tracing::info!("no --cursor-file: starting at the relay's live position");
+        return Ok(None);
+    };
+    let cursor = cursor::load(path)?;
+    match cursor {
+        Some(seq) => tracing::info!(cursor = seq, path = %path.display(), "resuming after the stored cursor"),
+        None => tracing::info!(path = %path.display(), "no stored cursor yet: starting at the relay's live position"),
+    }
+    Ok(cursor)
+}
+
+/// Runs the host until SIGTERM, SIGINT or a fatal failure, then drains and returns. A fatal
+/// failure is returned as the error after the drain.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let start_cursor = starting_cursor(&settings)?;
     let engine = FormatterEngine::new()?;
     let formatters = build_formatters(&engine, &settings)?;
     let names: Vec<String> = formatters.iter().map(|formatter| formatter.name().to_owned()).collect();
     let metrics = Arc::new(Metrics::new(&names)?);
+    if let Some(seq) = start_cursor {
+        metrics.cursor_seq.set(seq);
+    }
 
     let listener = metrics::bind(settings.metrics_listen_address).await?;
     tokio::spawn(metrics::serve(listener, metrics.clone()));
@@ -66,11 +94,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .await?;
     let producer = Arc::new(Producer::new(&config)?);
 
+    let (fatal_sender, mut fatal_receiver) = mpsc::unbounded_channel::<Fatal>();
+    let (acknowledged_sender, acknowledged) = watch::channel(start_cursor);
     let (frame_sender, frame_receiver) = mpsc::channel(FRAME_QUEUE_CAPACITY);
     let (delivery_sender, delivery_receiver) = mpsc::channel(DELIVERY_QUEUE_CAPACITY);
-    let checker = tokio::spawn(check_deliveries(delivery_receiver, metrics.clone()));
+    let checker = tokio::spawn(check_deliveries(
+        delivery_receiver,
+        metrics.clone(),
+        acknowledged_sender,
+        fatal_sender.clone(),
+    ));
 
-    let last_seq = Arc::new(AtomicI64::new(-1));
+    let cancel = CancellationToken::new();
+    let cursor_writer = settings.cursor_file.clone().map(|path| {
+        tokio::spawn(cursor::write_periodically(
+            path,
+            acknowledged.clone(),
+            settings.cursor_flush_interval,
+            fatal_sender.clone(),
+            cancel.clone(),
+        ))
+    });
+
+    let last_seq = Arc::new(AtomicI64::new(start_cursor.unwrap_or(-1)));
     let pipeline = Pipeline {
         formatters,
         producer: producer.clone(),
@@ -79,23 +125,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         event_ids: EventIds::new(settings.instance_id),
         deliveries: delivery_sender,
         last_seq: last_seq.clone(),
+        fatal: fatal_sender.clone(),
+        previous_seq: start_cursor,
+        halted: false,
     };
     let processing = std::thread::Builder::new()
         .name("pipeline".to_owned())
         .spawn(move || pipeline.run(frame_receiver))
         .context("failed to start the pipeline thread")?;
 
-    let cancel = CancellationToken::new();
-    let reader = tokio::spawn(relay::read_relay(
-        settings.relay_url.clone(),
-        frame_sender,
-        last_seq,
-        metrics.clone(),
-        cancel.clone(),
-    ));
+    let relay_options = RelayOptions {
+        url: settings.relay_url.clone(),
+        idle_timeout: settings.relay_idle_timeout,
+        max_frame_bytes: settings.max_frame_bytes,
+    };
+    let reader = tokio::spawn(relay::read_relay(relay_options, frame_sender, last_seq, metrics.clone(), cancel.clone()));
 
-    let signal = wait_for_shutdown_signal().await?;
-    tracing::info!(signal, "shutting down: no further frames are read");
+    let failure = tokio::select! {
+        signal = wait_for_shutdown_signal() => {
+            tracing::info!(signal = signal?, "shutting down: no further frames are read");
+            None
+        }
+        fatal = fatal_receiver.recv() => fatal,
+    };
+    if let Some(fatal) = &failure {
+        tracing::error!(error = %fatal, "stopping: the cursor stays at the last fully delivered event");
+    }
     cancel.cancel();
     let _ = reader.await;
     tokio::task::spawn_blocking(move || processing.join())
@@ -104,20 +159,35 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
 
     let totals = match tokio::time::timeout(settings.shutdown_timeout, checker).await {
-        Ok(totals) => totals.context("the delivery checker failed")?,
-        Err(_) => anyhow::bail!(
-            "messages were still unacknowledged after {:?} (--shutdown-timeout-secs)",
-            settings.shutdown_timeout
-        ),
+        Ok(totals) => Some(totals.context("the delivery checker failed")?),
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?settings.shutdown_timeout,
+                "messages still unacknowledged at the shutdown timeout; they are produced again after a restart"
+            );
+            None
+        }
     };
-    producer.flush(settings.shutdown_timeout).context("failed to flush the Kafka producer")?;
+    if let Some(writer) = cursor_writer {
+        let _ = writer.await;
+    }
+    let cursor = *acknowledged.borrow();
+    if let (Some(path), Some(seq)) = (&settings.cursor_file, cursor) {
+        cursor::store(path, seq)?;
+    }
+    if let Err(error) = producer.flush(Duration::from_secs(1)) {
+        tracing::debug!(%error, "messages left in the producer at exit");
+    }
     tracing::info!(
-        acknowledged = totals.acknowledged,
-        failed = totals.failed,
-        acknowledged_seq = ?totals.acknowledged_seq,
+        acknowledged = totals.map(|totals| totals.acknowledged),
+        failed = totals.map(|totals| totals.failed),
+        cursor = ?cursor,
         "stopped"
     );
-    Ok(())
+    match failure {
+        Some(fatal) => Err(fatal.into()),
+        None => Ok(()),
+    }
 }
 
 /// Waits for SIGTERM or SIGINT and returns its name.

@@ -74,6 +74,32 @@ pub struct Cli {
     #[arg(long, env = "ATKAFKA_INSTANCE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..1024))]
     pub instance_id: u16,
 
+    /// File that keeps the cursor (the highest seq up to which every event was acknowledged) across
+    /// restarts. Read at start-up and used on every connection as `?cursor=`. Without it the host
+    /// starts at the relay's live position.
+    #[arg(long, env = "ATKAFKA_CURSOR_FILE")]
+    pub cursor_file: Option<std::path::PathBuf>,
+
+    /// Start after this seq instead of the cursor file's value, for this start only (to replay from
+    /// a chosen point). The cursor file is still written as events are acknowledged.
+    #[arg(long, env = "ATKAFKA_CURSOR", value_parser = clap::value_parser!(i64).range(0..))]
+    pub cursor: Option<i64>,
+
+    /// How often the cursor file is written while the cursor moves, in milliseconds. It is also
+    /// written at shutdown.
+    #[arg(long, env = "ATKAFKA_CURSOR_FLUSH_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub cursor_flush_interval_ms: u64,
+
+    /// A connection that delivers no frame for this long is considered dead and reopened, in
+    /// seconds.
+    #[arg(long, env = "ATKAFKA_RELAY_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub relay_idle_timeout_secs: u64,
+
+    /// Frames larger than this are counted (`frame_too_large`) and skipped, in bytes. At most
+    /// 268435456 (256 MiB), the WebSocket layer's own limit.
+    #[arg(long, env = "ATKAFKA_MAX_FRAME_BYTES", default_value_t = 16 << 20)]
+    pub max_frame_bytes: usize,
+
     /// On SIGTERM or SIGINT, how long to wait for messages in flight to be acknowledged, in
     /// seconds.
     #[arg(long, env = "ATKAFKA_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
@@ -102,6 +128,11 @@ pub struct Settings {
     pub kafka_properties: Vec<(String, String)>,
     pub instance_id: u16,
     pub shutdown_timeout: Duration,
+    pub cursor_file: Option<std::path::PathBuf>,
+    pub cursor: Option<i64>,
+    pub cursor_flush_interval: Duration,
+    pub relay_idle_timeout: Duration,
+    pub max_frame_bytes: usize,
 }
 
 /// Bytes of a guest's stdout and of its stderr kept per call for the log.
@@ -135,6 +166,13 @@ impl Cli {
         if let Some((key, _)) = self.kafka_properties.iter().find(|(key, _)| key == "bootstrap.servers") {
             return Err(format!("--kafka-property {key} conflicts with --bootstrap-servers: use --bootstrap-servers"));
         }
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > crate::relay::WEBSOCKET_MESSAGE_LIMIT {
+            return Err(format!(
+                "invalid --max-frame-bytes {}: use 1 to {}",
+                self.max_frame_bytes,
+                crate::relay::WEBSOCKET_MESSAGE_LIMIT
+            ));
+        }
         let relay_url = crate::relay::subscribe_url(&self.relay_host)
             .map_err(|error| format!("invalid --relay-host: {error}"))?;
 
@@ -155,6 +193,11 @@ impl Cli {
             kafka_properties: self.kafka_properties,
             instance_id: self.instance_id,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            cursor_file: self.cursor_file,
+            cursor: self.cursor,
+            cursor_flush_interval: Duration::from_millis(self.cursor_flush_interval_ms),
+            relay_idle_timeout: Duration::from_secs(self.relay_idle_timeout_secs),
+            max_frame_bytes: self.max_frame_bytes,
         })
     }
 }

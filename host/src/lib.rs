@@ -5,7 +5,9 @@
 
 pub mod app;
 pub mod cli;
+pub mod cursor;
 pub mod event_id;
+pub mod fatal;
 pub mod firehose;
 pub mod formatter;
 pub mod kafka;

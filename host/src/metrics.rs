@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::firehose::frame::FRAME_LABELS;
 use crate::formatter::FormatError;
@@ -50,6 +50,16 @@ pub struct Metrics {
     pub relay_connections: IntCounterVec,
     /// Frames received but not yet decoded.
     pub frame_queue_depth: IntGauge,
+    /// Frames whose messages await their delivery reports.
+    pub delivery_queue_depth: IntGauge,
+    /// Relay reconnects, by cause.
+    pub relay_reconnects: IntCounterVec,
+    /// Seqs missing between consecutive frames.
+    pub seq_gaps: IntCounter,
+    /// Frames whose seq was not above the previous one.
+    pub seq_regressions: IntCounter,
+    /// The acknowledged seq the cursor holds.
+    pub cursor_seq: IntGauge,
     collections: Mutex<HashSet<String>>,
 }
 
@@ -113,6 +123,28 @@ impl Metrics {
                 &["result"],
             )?,
             frame_queue_depth: gauge(&registry, "atkafka_frame_queue_depth", "Frames received but not yet decoded")?,
+            delivery_queue_depth: gauge(
+                &registry,
+                "atkafka_delivery_queue_depth",
+                "Frames whose messages await their delivery reports",
+            )?,
+            relay_reconnects: counter(&registry, "atkafka_relay_reconnects", "Relay reconnects, by cause", &["cause"])?,
+            seq_gaps: {
+                let counter = IntCounter::new("atkafka_seq_gaps", "Seqs missing between consecutive frames")?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
+            seq_regressions: {
+                let counter =
+                    IntCounter::new("atkafka_seq_regressions", "Frames whose seq was not above the previous frame's")?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
+            cursor_seq: gauge(
+                &registry,
+                "atkafka_cursor_seq",
+                "Highest seq up to which every event was acknowledged by Kafka",
+            )?,
             registry,
             collections: Mutex::new(HashSet::new()),
         };
@@ -128,6 +160,9 @@ impl Metrics {
         }
         for error in KNOWN_ERROR_FRAMES {
             metrics.error_frames.with_label_values(&[error]);
+        }
+        for cause in crate::relay::RECONNECT_CAUSES {
+            metrics.relay_reconnects.with_label_values(&[cause]);
         }
         for result in ["connected", "failed"] {
             metrics.relay_connections.with_label_values(&[result]);

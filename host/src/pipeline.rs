@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use crate::event_id::EventIds;
+use crate::fatal::{Fatal, FatalSender};
 use crate::firehose::decode::{decode, DecodedFrame};
 use crate::firehose::event::Event;
 use crate::formatter::Formatter;
@@ -30,8 +31,14 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub event_ids: EventIds,
     pub deliveries: mpsc::Sender<FrameDeliveries>,
-    /// The last seq decoded, shared with the relay reader to resume after a reconnect.
+    /// The last seq decoded, shared with the relay reader to resume after a reconnect. It starts
+    /// at the cursor the host resumed from (negative for none).
     pub last_seq: Arc<AtomicI64>,
+    pub fatal: FatalSender,
+    /// The seq of the previous frame, for counting gaps and regressions.
+    pub previous_seq: Option<i64>,
+    /// Set after a fatal error: no further frame is handed to the delivery checker.
+    pub halted: bool,
 }
 
 #[derive(Default)]
@@ -39,7 +46,7 @@ struct Logs {
     skips: LogLimiter,
     error_frames: LogLimiter,
     formatter_errors: LogLimiter,
-    send_errors: LogLimiter,
+    seq_changes: LogLimiter,
 }
 
 impl Pipeline {
@@ -50,9 +57,12 @@ impl Pipeline {
             self.metrics.frame_queue_depth.set(frames.len() as i64);
             let decoded = decode(&raw.bytes);
             self.record_frame(&decoded, &mut logs);
-            let mut deliveries = FrameDeliveries { seq: decoded.seq, deliveries: Vec::new() };
+            let mut deliveries = FrameDeliveries { seq: decoded.seq, did: decoded.did.clone(), deliveries: Vec::new() };
             for event in &decoded.events {
                 self.handle_event(event, raw.received_at_us, &mut deliveries, &mut logs);
+                if self.halted {
+                    return;
+                }
             }
             if self.deliveries.blocking_send(deliveries).is_err() {
                 tracing::error!("the delivery checker stopped; no further frames are processed");
@@ -61,11 +71,12 @@ impl Pipeline {
         }
     }
 
-    fn record_frame(&self, decoded: &DecodedFrame, logs: &mut Logs) {
+    fn record_frame(&mut self, decoded: &DecodedFrame, logs: &mut Logs) {
         self.metrics.frames.with_label_values(&[decoded.label]).inc();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0);
         self.metrics.last_frame_time.set(now as i64);
         if let Some(seq) = decoded.seq {
+            self.check_seq(seq, decoded.label, logs);
             self.metrics.last_seq.set(seq);
             self.last_seq.store(seq, Ordering::Release);
         }
@@ -91,10 +102,45 @@ impl Pipeline {
         }
         if let Some(error) = &decoded.error {
             self.metrics.count_error_frame(&error.error);
-            if let Some(suppressed) = logs.error_frames.allow() {
+            if error.error == "FutureCursor" {
+                let cursor = Some(self.last_seq.load(Ordering::Acquire)).filter(|seq| *seq >= 0);
+                let message = error.message.clone().unwrap_or_default();
+                let _ = self.fatal.send(Fatal::FutureCursor { cursor, message });
+            } else if let Some(suppressed) = logs.error_frames.allow() {
+                // ConsumerTooSlow and others: the relay closes the connection and the reader
+                // resumes from the last seq decoded.
                 tracing::warn!(error = %error.error, message = ?error.message, suppressed, "the relay sent an error frame");
             }
         }
+        for event in &decoded.events {
+            if let Event::Info(info) = event {
+                if info.name == "OutdatedCursor" {
+                    tracing::warn!(
+                        message = ?info.message,
+                        "the relay reports an outdated cursor: events between the cursor and the \
+                         oldest the relay keeps may be lost"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Counts gaps and regressions in the relay's seqs. Neither is fatal: replays legitimately
+    /// have gaps where a PDS deleted an account's older events.
+    fn check_seq(&mut self, seq: i64, label: &str, logs: &mut Logs) {
+        if let Some(previous) = self.previous_seq {
+            if seq <= previous {
+                self.metrics.seq_regressions.inc();
+                if let Some(suppressed) = logs.seq_changes.allow() {
+                    tracing::warn!(seq, previous, frame = label, suppressed, "seq did not increase");
+                }
+                return;
+            }
+            if seq > previous + 1 {
+                self.metrics.seq_gaps.inc_by((seq - previous - 1) as u64);
+            }
+        }
+        self.previous_seq = Some(seq);
     }
 
     fn handle_event(&mut self, event: &Event, received_at_us: u64, deliveries: &mut FrameDeliveries, logs: &mut Logs) {
@@ -130,17 +176,17 @@ impl Pipeline {
                     Ok(delivery) => deliveries.deliveries.push((topic.to_owned(), delivery)),
                     Err(error) => {
                         self.metrics.produced_events.with_label_values(&["failed"]).inc();
-                        if let Some(suppressed) = logs.send_errors.allow() {
-                            tracing::error!(
-                                %topic,
-                                did = event.did().unwrap_or(""),
-                                seq = ?event.seq(),
-                                bytes = message.value.len(),
-                                %error,
-                                suppressed,
-                                "Kafka refused a message"
-                            );
-                        }
+                        // The frame must not count as delivered: the checker never sees it
+                        // complete, because the host stops on this error.
+                        let _ = self.fatal.send(Fatal::MessageRefused {
+                            topic: topic.to_owned(),
+                            did: event.did().unwrap_or_default().to_owned(),
+                            seq: event.seq(),
+                            bytes: message.value.len(),
+                            error: error.to_string(),
+                        });
+                        self.halted = true;
+                        return;
                     }
                 }
             }

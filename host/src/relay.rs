@@ -2,8 +2,11 @@
 //! binary messages are queued, undecoded, with the time they arrived.
 //!
 //! Guarantees: reading never waits on decoding or Kafka except through the bounded frame queue,
-//! so a slow broker slows the reader instead of growing memory. A dropped connection is opened
-//! again with exponential backoff, resuming after the last seq decoded.
+//! so a slow broker slows the reader instead of growing memory. A dropped, closed or silent
+//! connection is opened again with exponential backoff and jitter; before reconnecting the reader
+//! waits until every queued frame was decoded, then asks for the frames after the last seq
+//! decoded, so a reconnect neither loses nor repeats a frame. A frame above the size limit is
+//! counted and skipped without closing the connection.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -11,14 +14,34 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::ratelimit::LogLimiter;
+use crate::skip::SkipReason;
 
 const SUBSCRIBE_PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The WebSocket layer's own message limit. A frame above `--max-frame-bytes` but below this is
+/// read and skipped; one above this fails the connection (and would fail again on reconnect), so
+/// it is far above any frame a relay sends.
+pub const WEBSOCKET_MESSAGE_LIMIT: usize = 256 << 20;
+
+/// Causes of a reconnect, as metric labels.
+pub const RECONNECT_CAUSES: [&str; 5] = ["closed", "read_error", "idle_timeout", "ended", "connect_failed"];
+
+/// How the reader connects and when it gives up on a connection.
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    pub url: String,
+    /// No frame for this long means the connection is dead.
+    pub idle_timeout: Duration,
+    /// Frames above this size are counted and skipped.
+    pub max_frame_bytes: usize,
+}
 
 /// One binary WebSocket message as the relay sent it.
 pub struct RawFrame {
@@ -47,71 +70,108 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_micros() as u64).unwrap_or(0)
 }
 
-/// Reads the relay until `cancel` fires, reconnecting after every failure. `resume_seq` is the
-/// last seq decoded (or a negative value for none); a new connection asks for the frames after it.
+/// Adds up to a quarter of `backoff` at random, so that many hosts do not reconnect in step.
+fn with_jitter(backoff: Duration) -> Duration {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.subsec_nanos()).unwrap_or(0);
+    backoff + backoff.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// Waits until the decoder has taken every queued frame, so that the last seq decoded is the last
+/// seq received.
+async fn wait_for_drain(frames: &mpsc::Sender<RawFrame>, cancel: &CancellationToken) {
+    while frames.capacity() < frames.max_capacity() && !frames.is_closed() && !cancel.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads the relay until `cancel` fires, reconnecting after every failure. `resume_seq` holds the
+/// last seq decoded (negative for none): the first connection and every reconnect ask for the
+/// frames after it.
 pub async fn read_relay(
-    url: String,
+    options: RelayOptions,
     frames: mpsc::Sender<RawFrame>,
     resume_seq: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let mut backoff = INITIAL_BACKOFF;
+    let mut oversized_log = LogLimiter::default();
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(WEBSOCKET_MESSAGE_LIMIT))
+        .max_frame_size(Some(WEBSOCKET_MESSAGE_LIMIT));
     loop {
         let seq = resume_seq.load(Ordering::Acquire);
-        let request_url = if seq >= 0 { format!("{url}?cursor={seq}") } else { url.clone() };
+        let request_url = if seq >= 0 { format!("{}?cursor={seq}", options.url) } else { options.url.clone() };
         let connection = tokio::select! {
             _ = cancel.cancelled() => return,
-            connection = tokio_tungstenite::connect_async(request_url.as_str()) => connection,
+            connection = tokio_tungstenite::connect_async_with_config(request_url.as_str(), Some(config), false) => connection,
         };
-        let mut socket = match connection {
-            Ok((socket, _response)) => {
+        let (cause, reason) = match connection {
+            Ok((mut socket, _response)) => {
                 metrics.relay_connections.with_label_values(&["connected"]).inc();
                 tracing::info!(url = %request_url, "connected to the relay");
-                backoff = INITIAL_BACKOFF;
-                socket
+                let mut received_any = false;
+                let ended = loop {
+                    let message = tokio::select! {
+                        _ = cancel.cancelled() => {
+                            let _ = socket.close(None).await;
+                            return;
+                        }
+                        message = tokio::time::timeout(options.idle_timeout, socket.next()) => message,
+                    };
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(_) => break ("idle_timeout", format!("no frame for {:?}", options.idle_timeout)),
+                    };
+                    match message {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            if !received_any {
+                                received_any = true;
+                                backoff = INITIAL_BACKOFF;
+                            }
+                            if bytes.len() > options.max_frame_bytes {
+                                metrics.skipped.with_label_values(&[SkipReason::FrameTooLarge.label()]).inc();
+                                if let Some(suppressed) = oversized_log.allow() {
+                                    tracing::warn!(
+                                        bytes = bytes.len(),
+                                        limit = options.max_frame_bytes,
+                                        suppressed,
+                                        "skipped a frame larger than --max-frame-bytes"
+                                    );
+                                }
+                                continue;
+                            }
+                            let frame = RawFrame { bytes: bytes.to_vec(), received_at_us: now_us() };
+                            if frames.send(frame).await.is_err() {
+                                // The decoder has stopped; the host is shutting down.
+                                return;
+                            }
+                            metrics.frame_queue_depth.set((frames.max_capacity() - frames.capacity()) as i64);
+                        }
+                        Some(Ok(Message::Close(close))) => {
+                            break ("closed", format!("the relay closed the connection: {close:?}"))
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => break ("read_error", format!("read failed: {error}")),
+                        None => break ("ended", "the connection ended".to_owned()),
+                    }
+                };
+                ended
             }
             Err(error) => {
                 metrics.relay_connections.with_label_values(&["failed"]).inc();
-                tracing::warn!(url = %request_url, %error, retry_in = ?backoff, "failed to connect to the relay");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
+                ("connect_failed", format!("failed to connect to {request_url}: {error}"))
             }
         };
-
-        let reason = loop {
-            let message = tokio::select! {
-                _ = cancel.cancelled() => {
-                    let _ = socket.close(None).await;
-                    return;
-                }
-                message = socket.next() => message,
-            };
-            match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    let frame = RawFrame { bytes: bytes.to_vec(), received_at_us: now_us() };
-                    if frames.send(frame).await.is_err() {
-                        // The decoder has stopped; the host is shutting down.
-                        return;
-                    }
-                    metrics.frame_queue_depth.set((frames.max_capacity() - frames.capacity()) as i64);
-                }
-                Some(Ok(Message::Close(close))) => break format!("the relay closed the connection: {close:?}"),
-                Some(Ok(_)) => {}
-                Some(Err(error)) => break format!("read failed: {error}"),
-                None => break "the connection ended".to_owned(),
-            }
-        };
-        tracing::warn!(%reason, retry_in = ?backoff, "lost the relay connection");
+        metrics.relay_reconnects.with_label_values(&[cause]).inc();
+        let delay = with_jitter(backoff);
+        tracing::warn!(cause, %reason, retry_in = ?delay, "reconnecting to the relay");
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+        wait_for_drain(&frames, &cancel).await;
     }
 }
 

@@ -10,6 +10,8 @@
 pub enum SkipReason {
     /// The frame's header or body is not valid DAG-CBOR of a known shape.
     FrameUndecodable,
+    /// The frame is larger than `--max-frame-bytes`.
+    FrameTooLarge,
     /// The frame's message type is not one this host handles (for example the legacy `#handle`).
     FrameUnknownType,
     /// The commit's `blocks` field is not a readable CAR file.
@@ -37,8 +39,9 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 13] = [
+    pub const ALL: [SkipReason; 14] = [
         SkipReason::FrameUndecodable,
+        SkipReason::FrameTooLarge,
         SkipReason::FrameUnknownType,
         SkipReason::CarUnreadable,
         SkipReason::BlockMissing,
@@ -57,6 +60,7 @@ impl SkipReason {
     pub fn label(self) -> &'static str {
         match self {
             SkipReason::FrameUndecodable => "frame_undecodable",
+            SkipReason::FrameTooLarge => "frame_too_large",
             SkipReason::FrameUnknownType => "frame_unknown_type",
             SkipReason::CarUnreadable => "car_unreadable",
             SkipReason::BlockMissing => "block_missing",

@@ -21,6 +21,18 @@ pub struct Record {
 /// Reads `topic` from the beginning until `expected` messages arrived or `timeout` passed, then
 /// keeps reading for `settle` to catch messages beyond the expected count.
 pub fn consume(bootstrap: &str, topic: &str, expected: usize, timeout: Duration, settle: Duration) -> Vec<Record> {
+    consume_until(bootstrap, topic, timeout, settle, |records| records.len() >= expected)
+}
+
+/// Reads `topic` from the beginning until `done` holds for the messages read or `timeout` passed,
+/// then keeps reading for `settle`.
+pub fn consume_until(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    settle: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "atkafka-tests")
@@ -53,10 +65,13 @@ pub fn consume(bootstrap: &str, topic: &str, expected: usize, timeout: Duration,
         if settle_deadline.is_some_and(|until| now >= until) || (settle_deadline.is_none() && now >= deadline) {
             break;
         }
-        if settle_deadline.is_none() && records.len() >= expected {
-            settle_deadline = Some(now + settle);
-        }
-        let Some(result) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            // `done` may be costly, so it runs when the consumer has caught up, not per message.
+            if settle_deadline.is_none() && done(&records) {
+                settle_deadline = Some(Instant::now() + settle);
+            }
+            continue;
+        };
         let message = match result {
             Ok(message) => message,
             Err(error) => {

@@ -9,4 +9,5 @@ pub mod dagjson;
 pub mod expected;
 pub mod fixtures;
 pub mod host;
+pub mod synthetic;
 pub mod replay;

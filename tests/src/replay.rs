@@ -20,6 +20,23 @@ pub struct ReplayOptions {
     pub close_after: Option<usize>,
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// Pause between frames, to keep a stream going while a test injects a fault.
+    pub frame_interval: Option<std::time::Duration>,
+    /// Close the connection right after sending an error frame (`op` = -1), as a relay does.
+    pub close_after_error_frames: bool,
+    /// Answer a request whose cursor is above this seq with a `FutureCursor` error frame and
+    /// close, as a relay does when asked for a seq it has not reached.
+    pub head_seq: Option<i64>,
+}
+
+/// Whether a frame is an error frame (header `op` = -1).
+fn is_error_frame(frame: &[u8]) -> bool {
+    let mut rest = frame;
+    let header: Result<ciborium::Value, _> = ciborium::de::from_reader(&mut rest);
+    let Ok(ciborium::Value::Map(entries)) = header else { return false };
+    entries.iter().any(|(key, value)| {
+        key.as_text() == Some("op") && value.as_integer().is_some_and(|op| i128::from(op) == -1)
+    })
 }
 
 pub struct ReplayRelay {
@@ -77,7 +94,16 @@ impl ReplayRelay {
                     };
                     let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
                     logged.lock().unwrap().push(uri.clone());
-                    let start = start_index(&seqs, cursor_of(&uri));
+                    let cursor = cursor_of(&uri);
+                    if let (Some(cursor), Some(head)) = (cursor, options.head_seq) {
+                        if cursor > head {
+                            let frame = crate::synthetic::error_frame("FutureCursor", "cursor is ahead of the stream");
+                            let _ = socket.send(Message::binary(frame)).await;
+                            let _ = socket.close(None).await;
+                            return;
+                        }
+                    }
+                    let start = start_index(&seqs, cursor);
                     let mut sent = 0;
                     for frame in &options.frames[start..] {
                         if options.close_after.is_some_and(|limit| sent >= limit) {
@@ -88,6 +114,13 @@ impl ReplayRelay {
                             return;
                         }
                         sent += 1;
+                        if options.close_after_error_frames && is_error_frame(frame) {
+                            let _ = socket.close(None).await;
+                            return;
+                        }
+                        if let Some(interval) = options.frame_interval {
+                            tokio::time::sleep(interval).await;
+                        }
                     }
                     // Like a live relay with nothing new to send: keep the connection open until
                     // the client leaves.

@@ -128,3 +128,21 @@ fn relay_capture_decodes_like_jetstream() {
         panic!("{report}");
     }
 }
+
+#[test]
+fn generated_commits_decode_to_their_records() {
+    use atkafka_integration_tests::synthetic::{post_commit, with_seq};
+
+    for seq in [1, 2, 1000] {
+        let generated = post_commit(seq, 10);
+        let decoded = decode(&generated.frame);
+        assert!(decoded.skipped_ops.is_empty(), "{:?}", decoded.skipped_ops);
+        assert_eq!(decoded.seq, Some(seq));
+        let actual: Vec<_> = decoded.events.iter().map(|event| from_standard(&render_standard(event)).unwrap()).collect();
+        assert_eq!(actual, vec![generated.summary]);
+
+        let moved = decode(&with_seq(&generated.frame, seq + 7));
+        assert_eq!(moved.seq, Some(seq + 7));
+        assert_eq!(moved.events.len(), 1);
+    }
+}

@@ -1,20 +1,23 @@
-//! Checking delivery reports, in the order the messages were sent.
+//! Checking delivery reports, in the order the messages were sent, and advancing the cursor.
 //!
-//! Guarantee: a message counts as produced only when the broker acknowledged it (the inner result
-//! of the delivery report, not only the outer future). Everything else counts as failed and is
-//! logged with its error, topic and seq.
+//! Guarantees: a message counts as produced only when the broker acknowledged it (the inner result
+//! of the delivery report, not only the outer future). The acknowledged seq advances over a frame
+//! only when every message of that frame and of every frame before it was acknowledged, and it
+//! never moves backwards. A failed delivery is reported as [`Fatal`] and the seq stops there.
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::producer::PendingDelivery;
+use crate::fatal::{Fatal, FatalSender};
 use crate::metrics::Metrics;
-use crate::ratelimit::LogLimiter;
 
-/// The messages of one frame, sent to librdkafka and awaiting their delivery reports.
+/// The messages of one frame, sent to librdkafka and awaiting their delivery reports. A frame
+/// with no messages (skipped, or dropped by the formatter) completes at once.
 pub struct FrameDeliveries {
     pub seq: Option<i64>,
+    pub did: Option<String>,
     pub deliveries: Vec<(String, PendingDelivery)>,
 }
 
@@ -23,16 +26,20 @@ pub struct FrameDeliveries {
 pub struct DeliveryTotals {
     pub acknowledged: u64,
     pub failed: u64,
-    /// The highest seq whose messages, and those of every frame before it, were acknowledged.
-    pub acknowledged_seq: Option<i64>,
 }
 
-/// Awaits every delivery report until the sender side of `frames` is dropped.
-pub async fn check_deliveries(mut frames: mpsc::Receiver<FrameDeliveries>, metrics: Arc<Metrics>) -> DeliveryTotals {
+/// Awaits every delivery report until the sender side of `frames` is dropped, publishing the
+/// acknowledged seq on `acknowledged` (which starts at the cursor the host resumed from).
+pub async fn check_deliveries(
+    mut frames: mpsc::Receiver<FrameDeliveries>,
+    metrics: Arc<Metrics>,
+    acknowledged: watch::Sender<Option<i64>>,
+    fatal: FatalSender,
+) -> DeliveryTotals {
     let mut totals = DeliveryTotals::default();
-    let mut failure_log = LogLimiter::default();
-    let mut all_acknowledged = true;
+    let mut stalled = false;
     while let Some(frame) = frames.recv().await {
+        metrics.delivery_queue_depth.set(frames.len() as i64);
         for (topic, delivery) in frame.deliveries {
             let failure = match delivery.await {
                 Ok(Ok(_)) => None,
@@ -46,19 +53,28 @@ pub async fn check_deliveries(mut frames: mpsc::Receiver<FrameDeliveries>, metri
                 }
                 Some(error) => {
                     totals.failed += 1;
-                    all_acknowledged = false;
                     metrics.produced_events.with_label_values(&["failed"]).inc();
-                    if let Some(suppressed) = failure_log.allow() {
-                        tracing::error!(%topic, seq = ?frame.seq, %error, suppressed, "delivery failed");
+                    if !stalled {
+                        stalled = true;
+                        let did = frame.did.clone().unwrap_or_default();
+                        let _ = fatal.send(Fatal::DeliveryFailed { topic, did, seq: frame.seq, error });
                     }
                 }
             }
         }
-        // TODO: a failed delivery is counted and logged but not retried, and the acknowledged seq
-        // stops at the last frame before it; nothing yet persists that seq or resumes from it.
-        if all_acknowledged {
-            if let Some(seq) = frame.seq {
-                totals.acknowledged_seq = Some(seq);
+        if stalled {
+            continue;
+        }
+        if let Some(seq) = frame.seq {
+            let advanced = acknowledged.send_if_modified(|current| {
+                if current.is_some_and(|current| current >= seq) {
+                    return false;
+                }
+                *current = Some(seq);
+                true
+            });
+            if advanced {
+                metrics.cursor_seq.set(seq);
             }
         }
     }

@@ -15,14 +15,21 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 /// How long the sender sleeps when librdkafka's local queue is full before trying again.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
-/// Builds the client configuration: the bootstrap servers, idempotence, and then the user's
-/// librdkafka properties, which may override anything but `bootstrap.servers`.
+/// Builds the client configuration: the bootstrap servers, idempotence, no local message timeout,
+/// and then the user's librdkafka properties, which may override anything but
+/// `bootstrap.servers`.
+///
+/// `message.timeout.ms=0` makes librdkafka retry a message until the broker takes it, however
+/// long the broker is away, keeping the order of each partition; the full local queue then holds
+/// the host back. A user who sets a finite timeout turns a long outage into a delivery failure,
+/// which stops the host (see `delivery`).
 pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap_servers)
         .set("client.id", "atkafka-host")
-        .set("enable.idempotence", "true");
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "0");
     for (key, value) in properties {
         config.set(key, value);
     }
