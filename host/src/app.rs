@@ -23,32 +23,63 @@ use crate::kafka::delivery::check_deliveries;
 use crate::kafka::producer::{client_config, Producer};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipeline;
+use crate::tenant::policy::ErrorPolicy;
+use crate::tenant::worker::TenantWorker;
+use crate::tenant::TenantSpec;
 use crate::relay::RelayOptions;
 use crate::{kafka, relay};
 
 /// Frames read from the relay and not yet decoded. A full queue stops the reader.
 const FRAME_QUEUE_CAPACITY: usize = 1024;
-/// Frames whose messages are with librdkafka and whose delivery reports are still awaited.
+/// Frames decoded and waiting for one tenant's thread.
+const TENANT_QUEUE_CAPACITY: usize = 256;
+/// Frames of one tenant whose messages are with librdkafka and whose delivery reports are still
+/// awaited.
 const DELIVERY_QUEUE_CAPACITY: usize = 16 * 1024;
 
-/// Compiles and configures the formatters on a thread outside the async runtime, where the
-/// synchronous WASI implementation may block.
-fn build_formatters(engine: &FormatterEngine, settings: &Settings) -> anyhow::Result<Vec<Formatter>> {
+/// Compiles and configures one formatter per tenant, on a thread outside the async runtime, where
+/// the synchronous WASI implementation may block.
+fn build_formatters(engine: &FormatterEngine, tenants: &[TenantSpec]) -> anyhow::Result<Vec<Formatter>> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let formatter = Formatter::new(
-                    engine,
-                    &settings.formatter,
-                    settings.formatter_options.clone(),
-                    settings.formatter_limits,
-                )?;
-                tracing::info!(formatter = formatter.name(), "formatter ready");
-                Ok(vec![formatter])
+                let mut formatters = Vec::new();
+                for tenant in tenants {
+                    let started = std::time::Instant::now();
+                    let formatter =
+                        Formatter::new(engine, &tenant.formatter, tenant.options.clone(), tenant.limits)
+                            .with_context(|| format!("tenant `{}`", tenant.name))?;
+                    tracing::info!(
+                        tenant = %tenant.name,
+                        formatter = formatter.name(),
+                        topic = %tenant.topic,
+                        load_ms = started.elapsed().as_millis() as u64,
+                        "formatter ready"
+                    );
+                    formatters.push(formatter);
+                }
+                Ok(formatters)
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the formatter start-up thread panicked"))?
     })
+}
+
+/// Every topic the tenants write to by default: their output topics and dead-letter topics.
+fn tenant_topics(tenants: &[TenantSpec]) -> Vec<String> {
+    let mut topics: Vec<String> = Vec::new();
+    for tenant in tenants {
+        let dead_letter = match &tenant.on_error {
+            ErrorPolicy::DeadLetter { topic } => Some(topic.clone()),
+            _ => None,
+        };
+        for topic in std::iter::once(tenant.topic.clone()).chain(dead_letter) {
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+        }
+    }
+    topics
 }
 
 /// The seq to resume after: `--cursor`, else the cursor file, else none (the live position).
@@ -73,9 +104,9 @@ fn starting_cursor(settings: &Settings) -> anyhow::Result<Option<i64>> {
 /// failure is returned as the error after the drain.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let start_cursor = starting_cursor(&settings)?;
-    let engine = FormatterEngine::new()?;
-    let formatters = build_formatters(&engine, &settings)?;
-    let names: Vec<String> = formatters.iter().map(|formatter| formatter.name().to_owned()).collect();
+    let engine = FormatterEngine::new(settings.compile_cache_dir.clone())?;
+    let formatters = build_formatters(&engine, &settings.tenants)?;
+    let names: Vec<String> = settings.tenants.iter().map(|tenant| tenant.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names)?);
     if let Some(seq) = start_cursor {
         metrics.cursor_seq.set(seq);
@@ -85,21 +116,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(metrics::serve(listener, metrics.clone()));
 
     let config = client_config(&settings.bootstrap_servers, &settings.kafka_properties);
-    kafka::topic::ensure_topic(
-        &config,
-        &settings.output_topic,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    .await?;
+    for topic in tenant_topics(&settings.tenants) {
+        kafka::topic::ensure_topic(&config, &topic, settings.topic_partitions, settings.topic_replication_factor).await?;
+    }
     let producer = Arc::new(Producer::new(&config)?);
 
     let (fatal_sender, mut fatal_receiver) = mpsc::unbounded_channel::<Fatal>();
     let (acknowledged_sender, acknowledged) = watch::channel(start_cursor);
     let (frame_sender, frame_receiver) = mpsc::channel(FRAME_QUEUE_CAPACITY);
-    let (delivery_sender, delivery_receiver) = mpsc::channel(DELIVERY_QUEUE_CAPACITY);
+    let mut tenant_senders = Vec::new();
+    let mut delivery_receivers = Vec::new();
+    let mut workers = Vec::new();
+    for (spec, formatter) in settings.tenants.iter().zip(formatters) {
+        let (batch_sender, batch_receiver) = mpsc::channel(TENANT_QUEUE_CAPACITY);
+        let (delivery_sender, delivery_receiver) = mpsc::channel(DELIVERY_QUEUE_CAPACITY);
+        let worker = TenantWorker::new(spec, formatter, producer.clone(), metrics.clone(), fatal_sender.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("tenant-{}", spec.name))
+            .spawn(move || worker.run(batch_receiver, delivery_sender))
+            .with_context(|| format!("failed to start the thread of tenant `{}`", spec.name))?;
+        tenant_senders.push(batch_sender);
+        delivery_receivers.push(delivery_receiver);
+        workers.push(handle);
+    }
     let checker = tokio::spawn(check_deliveries(
-        delivery_receiver,
+        delivery_receivers,
         metrics.clone(),
         acknowledged_sender,
         fatal_sender.clone(),
@@ -118,16 +159,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let last_seq = Arc::new(AtomicI64::new(start_cursor.unwrap_or(-1)));
     let pipeline = Pipeline {
-        formatters,
-        producer: producer.clone(),
-        output_topic: settings.output_topic.clone(),
+        tenants: tenant_senders,
         metrics: metrics.clone(),
         event_ids: EventIds::new(settings.instance_id),
-        deliveries: delivery_sender,
         last_seq: last_seq.clone(),
         fatal: fatal_sender.clone(),
         previous_seq: start_cursor,
-        halted: false,
     };
     let processing = std::thread::Builder::new()
         .name("pipeline".to_owned())
@@ -153,10 +190,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     cancel.cancel();
     let _ = reader.await;
-    tokio::task::spawn_blocking(move || processing.join())
-        .await
-        .context("failed to wait for the pipeline thread")?
-        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+    tokio::task::spawn_blocking(move || {
+        let decoder = processing.join();
+        let tenants: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
+        (decoder, tenants)
+    })
+    .await
+    .map(|(decoder, tenants)| {
+        if decoder.is_err() || tenants.iter().any(Result::is_err) {
+            Err(anyhow::anyhow!("a pipeline thread panicked"))
+        } else {
+            Ok(())
+        }
+    })
+    .context("failed to wait for the pipeline threads")??;
 
     let totals = match tokio::time::timeout(settings.shutdown_timeout, checker).await {
         Ok(totals) => Some(totals.context("the delivery checker failed")?),

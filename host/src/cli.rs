@@ -7,48 +7,48 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::formatter::{FormatterLimits, FormatterSource};
+use crate::tenant::policy::ErrorPolicy;
+use crate::tenant::{self, TenantSpec};
+
+/// The name of the single tenant the command-line flags describe.
+pub const DEFAULT_TENANT: &str = "default";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "atkafka-host",
     version,
-    about = "Streams the AT Protocol firehose into Kafka, one message per event, formatted by WebAssembly components."
+    about = "Streams the AT Protocol firehose into Kafka, one message per event, formatted by WebAssembly components.",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Relay to subscribe to: `wss://host`, `ws://host:port`, or a bare host name (wss is used).
     #[arg(long, env = "ATKAFKA_RELAY_HOST", default_value = "wss://bsky.network")]
     pub relay_host: String,
 
     /// Kafka bootstrap servers, comma-separated `host:port` pairs.
-    #[arg(long, env = "ATKAFKA_BOOTSTRAP_SERVERS")]
-    pub bootstrap_servers: String,
+    #[arg(long, env = "ATKAFKA_BOOTSTRAP_SERVERS", required = true)]
+    pub bootstrap_servers: Option<String>,
 
-    /// Topic the formatted messages go to. Created when missing.
-    #[arg(long, env = "ATKAFKA_OUTPUT_TOPIC")]
-    pub output_topic: String,
+    /// Tenant config file (TOML) declaring one or more tenants, each with its formatter, topic,
+    /// filter, limits and error policy. Replaces the single-tenant flags `--output-topic`,
+    /// `--formatter`, `--osprey-compatible`, `--formatter-option` and the `--formatter-*` limits.
+    #[arg(long, env = "ATKAFKA_CONFIG", conflicts_with_all = ["output_topic", "formatter", "osprey_compatible", "formatter_options", "formatter_timeout_ms", "formatter_memory_mib"])]
+    pub config: Option<std::path::PathBuf>,
 
-    /// Format events as Osprey action envelopes; the same as `--formatter osprey`.
-    #[arg(long, env = "ATKAFKA_OSPREY_COMPATIBLE")]
-    pub osprey_compatible: bool,
+    /// Topic the formatted messages go to, for the single tenant the flags describe. Created when
+    /// missing.
+    #[arg(long, env = "ATKAFKA_OUTPUT_TOPIC", required_unless_present = "config")]
+    pub output_topic: Option<String>,
 
-    /// Formatter: `standard`, `osprey`, or a path to a `.wasm` component exporting the
-    /// atkafka:formatter world. [default: standard]
-    #[arg(long, env = "ATKAFKA_FORMATTER")]
-    pub formatter: Option<String>,
+    #[command(flatten)]
+    pub formatter: FormatterArgs,
 
-    /// An option passed to the formatter's configure call, as `key=value`. Repeatable; in the
-    /// environment variable, separate options with commas.
-    #[arg(long = "formatter-option", env = "ATKAFKA_FORMATTER_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
-    pub formatter_options: Vec<(String, String)>,
-
-    /// CPU time one formatter call may take before it is interrupted and the event counted as
-    /// failed, in milliseconds.
-    #[arg(long, env = "ATKAFKA_FORMATTER_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub formatter_timeout_ms: u64,
-
-    /// Linear memory a formatter instance may use, in MiB.
-    #[arg(long, env = "ATKAFKA_FORMATTER_MEMORY_MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub formatter_memory_mib: u64,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     #[arg(long, env = "ATKAFKA_METRICS_LISTEN_ADDRESS", default_value = "0.0.0.0:2112")]
@@ -106,7 +106,87 @@ pub struct Cli {
     pub shutdown_timeout_secs: u64,
 }
 
-fn parse_key_value(value: &str) -> Result<(String, String), String> {
+/// The formatter of the single tenant the command-line flags describe.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FormatterArgs {
+    /// Format events as Osprey action envelopes; the same as `--formatter osprey`.
+    #[arg(long, env = "ATKAFKA_OSPREY_COMPATIBLE")]
+    pub osprey_compatible: bool,
+
+    /// Formatter: `standard`, `osprey`, or a path to a `.wasm` component exporting the
+    /// atkafka:formatter world. [default: standard]
+    #[arg(long, env = "ATKAFKA_FORMATTER")]
+    pub formatter: Option<String>,
+
+    /// An option passed to the formatter's configure call, as `key=value`. Repeatable; in the
+    /// environment variable, separate options with commas.
+    #[arg(long = "formatter-option", env = "ATKAFKA_FORMATTER_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub formatter_options: Vec<(String, String)>,
+
+    /// CPU time one formatter call may take before it is interrupted, in milliseconds. A call
+    /// past it is tried once more on a fresh instance before the event counts as failed.
+    #[arg(long, env = "ATKAFKA_FORMATTER_TIMEOUT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub formatter_timeout_ms: u64,
+
+    /// Linear memory a formatter instance may use, in MiB.
+    #[arg(long, env = "ATKAFKA_FORMATTER_MEMORY_MIB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub formatter_memory_mib: u64,
+}
+
+/// Where compiled components are cached.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheArgs {
+    /// Directory for compiled formatter components, so that a restart loads them in milliseconds
+    /// instead of compiling them again. Only this host's user should be able to write to it: its
+    /// files are loaded as native code. [default: $XDG_CACHE_HOME/atkafka-host or
+    /// ~/.cache/atkafka-host]
+    #[arg(long, env = "ATKAFKA_COMPILE_CACHE_DIR")]
+    pub compile_cache_dir: Option<std::path::PathBuf>,
+
+    /// Compile formatters on every start instead of caching them.
+    #[arg(long, env = "ATKAFKA_NO_COMPILE_CACHE", conflicts_with = "compile_cache_dir")]
+    pub no_compile_cache: bool,
+}
+
+impl CacheArgs {
+    pub fn cache_dir(&self) -> Option<std::path::PathBuf> {
+        if self.no_compile_cache {
+            return None;
+        }
+        self.compile_cache_dir.clone().or_else(crate::formatter::default_cache_dir)
+    }
+}
+
+impl FormatterArgs {
+    /// The formatter these flags name, checking `--osprey-compatible` against `--formatter`.
+    pub fn source(&self) -> Result<FormatterSource, String> {
+        match (self.osprey_compatible, self.formatter.as_deref()) {
+            (true, Some(formatter)) if formatter != "osprey" => {
+                Err(format!("--osprey-compatible conflicts with --formatter {formatter}: use one of them"))
+            }
+            (true, _) => Ok(FormatterSource::Builtin("osprey")),
+            (false, None) => Ok(FormatterSource::Builtin("standard")),
+            (false, Some(value)) => FormatterSource::parse(value).map_err(|error| format!("invalid --formatter: {error}")),
+        }
+    }
+
+    pub fn limits(&self) -> FormatterLimits {
+        FormatterLimits {
+            timeout: Duration::from_millis(self.formatter_timeout_ms),
+            max_memory_bytes: (self.formatter_memory_mib as usize) << 20,
+            output_cap_bytes: GUEST_OUTPUT_CAP_BYTES,
+            ..FormatterLimits::default()
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Runs a formatter on sample events and prints its messages, without a relay or Kafka.
+    Format(crate::format_command::FormatArgs),
+}
+
+pub fn parse_key_value(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
         _ => Err(format!("`{value}` is not of the form key=value")),
@@ -118,10 +198,8 @@ fn parse_key_value(value: &str) -> Result<(String, String), String> {
 pub struct Settings {
     pub relay_url: String,
     pub bootstrap_servers: String,
-    pub output_topic: String,
-    pub formatter: FormatterSource,
-    pub formatter_options: Vec<(String, String)>,
-    pub formatter_limits: FormatterLimits,
+    pub tenants: Vec<TenantSpec>,
+    pub compile_cache_dir: Option<std::path::PathBuf>,
     pub metrics_listen_address: SocketAddr,
     pub topic_partitions: i32,
     pub topic_replication_factor: i32,
@@ -141,22 +219,29 @@ const GUEST_OUTPUT_CAP_BYTES: usize = 4096;
 impl Cli {
     /// Checks the flags together and names the flag behind any problem.
     pub fn settings(self) -> Result<Settings, String> {
-        let formatter = match (self.osprey_compatible, self.formatter.as_deref()) {
-            (true, Some(formatter)) if formatter != "osprey" => {
-                return Err(format!(
-                    "--osprey-compatible conflicts with --formatter {formatter}: use one of them"
-                ));
-            }
-            (true, _) => FormatterSource::Builtin("osprey"),
-            (false, None) => FormatterSource::Builtin("standard"),
-            (false, Some(value)) => FormatterSource::parse(value).map_err(|error| format!("invalid --formatter: {error}"))?,
-        };
-        if self.bootstrap_servers.split(',').all(|server| server.trim().is_empty()) {
+        let bootstrap_servers = self.bootstrap_servers.clone().unwrap_or_default();
+        if bootstrap_servers.split(',').all(|server| server.trim().is_empty()) {
             return Err("invalid --bootstrap-servers: no server given".to_owned());
         }
-        if self.output_topic.trim().is_empty() {
-            return Err("invalid --output-topic: the topic name is empty".to_owned());
-        }
+        let tenants = match (&self.config, &self.output_topic) {
+            (Some(path), _) => tenant::config::load(path).map_err(|error| format!("invalid --config: {error}"))?,
+            (None, Some(topic)) => {
+                if topic.trim().is_empty() {
+                    return Err("invalid --output-topic: the topic name is empty".to_owned());
+                }
+                vec![TenantSpec {
+                    name: DEFAULT_TENANT.to_owned(),
+                    formatter: self.formatter.source()?,
+                    topic: topic.clone(),
+                    options: self.formatter.formatter_options.clone(),
+                    filter: Default::default(),
+                    limits: self.formatter.limits(),
+                    on_error: ErrorPolicy::Skip,
+                    quarantine: None,
+                }]
+            }
+            (None, None) => return Err("missing --output-topic (or --config)".to_owned()),
+        };
         if self.topic_replication_factor == 0 || self.topic_replication_factor < -1 {
             return Err(format!(
                 "invalid --topic-replication-factor {}: use -1 (the broker's default) or a positive number",
@@ -178,15 +263,9 @@ impl Cli {
 
         Ok(Settings {
             relay_url,
-            bootstrap_servers: self.bootstrap_servers,
-            output_topic: self.output_topic,
-            formatter,
-            formatter_options: self.formatter_options,
-            formatter_limits: FormatterLimits {
-                timeout: Duration::from_millis(self.formatter_timeout_ms),
-                max_memory_bytes: (self.formatter_memory_mib as usize) << 20,
-                output_cap_bytes: GUEST_OUTPUT_CAP_BYTES,
-            },
+            bootstrap_servers,
+            tenants,
+            compile_cache_dir: self.cache.cache_dir(),
             metrics_listen_address: self.metrics_listen_address,
             topic_partitions: self.topic_partitions,
             topic_replication_factor: self.topic_replication_factor,

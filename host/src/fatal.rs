@@ -14,6 +14,8 @@ pub enum Fatal {
          check --relay-host, then fix or delete the cursor file, or pass --cursor"
     )]
     FutureCursor { cursor: Option<i64>, message: String },
+    #[error("tenant `{tenant}` failed on seq {seq:?} (DID {did}) and its policy is halt: {error}")]
+    TenantHalted { tenant: String, did: String, seq: Option<i64>, error: String },
     #[error("{0}")]
     Cursor(String),
 }

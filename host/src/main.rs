@@ -18,6 +18,15 @@ fn main() -> ExitCode {
         }
         Err(error) => error.exit(),
     };
+    if let Some(atkafka_host::cli::Command::Format(args)) = cli.command {
+        return match atkafka_host::format_command::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match cli.settings() {
         Ok(settings) => settings,
         Err(message) => {

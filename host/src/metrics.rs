@@ -13,7 +13,9 @@ use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::firehose::frame::FRAME_LABELS;
 use crate::formatter::FormatError;
@@ -38,10 +40,28 @@ pub struct Metrics {
     pub skipped: IntCounterVec,
     /// Error frames received, by error name.
     pub error_frames: IntCounterVec,
-    /// Formatter failures, by formatter and kind.
+    /// Formatter failures, by tenant and kind.
     pub formatter_errors: IntCounterVec,
-    /// Highest linear memory of each formatter's instance, in bytes.
+    /// Highest linear memory any instance of the tenant's formatter reached, in bytes.
     pub formatter_memory_bytes: IntGaugeVec,
+    /// Duration of formatter calls, by tenant, in seconds.
+    pub formatter_call_seconds: HistogramVec,
+    /// Formatter instances replaced for their call count or memory, by tenant.
+    pub formatter_recycles: IntGaugeVec,
+    /// Calls retried on a fresh instance after a deadline, by tenant.
+    pub formatter_deadline_retries: IntGaugeVec,
+    /// Events that passed the tenant's filter, by tenant.
+    pub tenant_events: IntCounterVec,
+    /// Events the tenant's filter left out, by tenant.
+    pub tenant_filtered: IntCounterVec,
+    /// Messages the tenant's formatter returned, by tenant.
+    pub tenant_messages: IntCounterVec,
+    /// Events sent to the tenant's dead-letter topic, by tenant.
+    pub tenant_dead_lettered: IntCounterVec,
+    /// 1 while the tenant is quarantined, by tenant.
+    pub tenant_quarantined: IntGaugeVec,
+    /// Frames waiting for the tenant's thread, by tenant.
+    pub tenant_queue_depth: IntGaugeVec,
     /// The seq of the last frame received.
     pub last_seq: IntGauge,
     /// When the last frame was received, in seconds since the Unix epoch.
@@ -69,6 +89,12 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> anyh
     Ok(counter)
 }
 
+fn gauge_vec(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntGaugeVec> {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), &["tenant"])?;
+    registry.register(Box::new(gauge.clone()))?;
+    Ok(gauge)
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntGauge> {
     let gauge = IntGauge::new(name, help)?;
     registry.register(Box::new(gauge.clone()))?;
@@ -76,9 +102,8 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> anyhow::Result<IntGauge
 }
 
 impl Metrics {
-    /// Registers every metric, with every closed-set label at zero. `formatters` are the names
-    /// of the formatters in use.
-    pub fn new(formatters: &[String]) -> anyhow::Result<Self> {
+    /// Registers every metric, with every closed-set label at zero, for the named tenants.
+    pub fn new(tenants: &[String]) -> anyhow::Result<Self> {
         let registry = Registry::new();
         let metrics = Metrics {
             handled_events: counter(
@@ -99,17 +124,45 @@ impl Metrics {
             formatter_errors: counter(
                 &registry,
                 "atkafka_formatter_errors",
-                "Formatter calls that failed, by kind (error, trap, deadline, memory)",
-                &["formatter", "kind"],
+                "Events a tenant's formatter did not format, by kind (error, trap, deadline, memory, output, quarantined)",
+                &["tenant", "kind"],
             )?,
-            formatter_memory_bytes: {
-                let gauge = IntGaugeVec::new(
-                    Opts::new("atkafka_formatter_memory_bytes", "Highest linear memory of the formatter instance, in bytes"),
-                    &["formatter"],
+            formatter_memory_bytes: gauge_vec(
+                &registry,
+                "atkafka_formatter_memory_bytes",
+                "Highest linear memory any instance of the tenant's formatter reached, in bytes",
+            )?,
+            formatter_call_seconds: {
+                let buckets = vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0];
+                let histogram = HistogramVec::new(
+                    HistogramOpts::new("atkafka_formatter_call_seconds", "Duration of formatter calls, in seconds")
+                        .buckets(buckets),
+                    &["tenant"],
                 )?;
-                registry.register(Box::new(gauge.clone()))?;
-                gauge
+                registry.register(Box::new(histogram.clone()))?;
+                histogram
             },
+            formatter_recycles: gauge_vec(
+                &registry,
+                "atkafka_formatter_recycles",
+                "Formatter instances replaced for their call count or memory",
+            )?,
+            formatter_deadline_retries: gauge_vec(
+                &registry,
+                "atkafka_formatter_deadline_retries",
+                "Formatter calls tried again on a fresh instance after running past their deadline",
+            )?,
+            tenant_events: counter(&registry, "atkafka_tenant_events", "Events that passed the tenant's filter", &["tenant"])?,
+            tenant_filtered: counter(&registry, "atkafka_tenant_filtered", "Events the tenant's filter left out", &["tenant"])?,
+            tenant_messages: counter(&registry, "atkafka_tenant_messages", "Messages the tenant's formatter returned", &["tenant"])?,
+            tenant_dead_lettered: counter(
+                &registry,
+                "atkafka_tenant_dead_lettered",
+                "Events sent to the tenant's dead-letter topic",
+                &["tenant"],
+            )?,
+            tenant_quarantined: gauge_vec(&registry, "atkafka_tenant_quarantined", "1 while the tenant is quarantined")?,
+            tenant_queue_depth: gauge_vec(&registry, "atkafka_tenant_queue_depth", "Frames waiting for the tenant's thread")?,
             last_seq: gauge(&registry, "atkafka_last_seq", "Seq of the last frame received")?,
             last_frame_time: gauge(
                 &registry,
@@ -167,11 +220,24 @@ impl Metrics {
         for result in ["connected", "failed"] {
             metrics.relay_connections.with_label_values(&[result]);
         }
-        for formatter in formatters {
-            for kind in FormatError::KINDS {
-                metrics.formatter_errors.with_label_values(&[formatter.as_str(), kind]);
+        for tenant in tenants {
+            let tenant = [tenant.as_str()];
+            for kind in FormatError::KINDS.iter().chain(&["quarantined"]) {
+                metrics.formatter_errors.with_label_values(&[tenant[0], kind]);
             }
-            metrics.formatter_memory_bytes.with_label_values(&[formatter.as_str()]);
+            for gauge in [
+                &metrics.formatter_memory_bytes,
+                &metrics.formatter_recycles,
+                &metrics.formatter_deadline_retries,
+                &metrics.tenant_quarantined,
+                &metrics.tenant_queue_depth,
+            ] {
+                gauge.with_label_values(&tenant);
+            }
+            for counter in [&metrics.tenant_events, &metrics.tenant_filtered, &metrics.tenant_messages, &metrics.tenant_dead_lettered] {
+                counter.with_label_values(&tenant);
+            }
+            metrics.formatter_call_seconds.with_label_values(&tenant);
         }
         Ok(metrics)
     }

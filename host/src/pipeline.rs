@@ -1,14 +1,15 @@
-//! The decode-and-format stage: takes raw frames from the relay queue, decodes them, runs every
-//! event through the formatter, and hands the messages to Kafka in firehose order.
+//! The decode stage: takes raw frames from the relay queue, decodes them, gives every event its
+//! id, and hands each frame's events to every tenant's thread.
 //!
-//! It runs on its own thread because decoding and guest calls are CPU work that must not stall
-//! the async reader. Guarantees: frames are processed strictly in the order received, so the
-//! messages of one DID reach librdkafka in firehose order; every skipped frame, operation or event
-//! is counted under one reason; nothing here panics on any input.
+//! It runs on its own thread because decoding is CPU work that must not stall the async reader.
+//! Guarantees: frames go to every tenant strictly in the order received, each exactly once (so the
+//! delivery checker can match the tenants' reports frame by frame); every skipped frame or
+//! operation is counted under one reason; nothing here panics on any input.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
 
 use tokio::sync::mpsc;
 
@@ -16,57 +17,56 @@ use crate::event_id::EventIds;
 use crate::fatal::{Fatal, FatalSender};
 use crate::firehose::decode::{decode, DecodedFrame};
 use crate::firehose::event::Event;
-use crate::formatter::Formatter;
-use crate::kafka::delivery::FrameDeliveries;
-use crate::kafka::producer::Producer;
 use crate::metrics::Metrics;
 use crate::ratelimit::LogLimiter;
 use crate::relay::RawFrame;
-use crate::skip::SkipReason;
+use crate::tenant::worker::FrameBatch;
 
 pub struct Pipeline {
-    pub formatters: Vec<Formatter>,
-    pub producer: Arc<Producer>,
-    pub output_topic: String,
+    /// One queue per tenant, in tenant order.
+    pub tenants: Vec<mpsc::Sender<Arc<FrameBatch>>>,
     pub metrics: Arc<Metrics>,
     pub event_ids: EventIds,
-    pub deliveries: mpsc::Sender<FrameDeliveries>,
     /// The last seq decoded, shared with the relay reader to resume after a reconnect. It starts
     /// at the cursor the host resumed from (negative for none).
     pub last_seq: Arc<AtomicI64>,
     pub fatal: FatalSender,
     /// The seq of the previous frame, for counting gaps and regressions.
     pub previous_seq: Option<i64>,
-    /// Set after a fatal error: no further frame is handed to the delivery checker.
-    pub halted: bool,
 }
 
 #[derive(Default)]
 struct Logs {
     skips: LogLimiter,
     error_frames: LogLimiter,
-    formatter_errors: LogLimiter,
     seq_changes: LogLimiter,
 }
 
 impl Pipeline {
-    /// Processes frames until the relay side of the queue closes and the queue is empty.
+    /// Processes frames until the relay side of the queue closes and the queue is empty, or a
+    /// tenant stops.
     pub fn run(mut self, mut frames: mpsc::Receiver<RawFrame>) {
         let mut logs = Logs::default();
         while let Some(raw) = frames.blocking_recv() {
             self.metrics.frame_queue_depth.set(frames.len() as i64);
             let decoded = decode(&raw.bytes);
             self.record_frame(&decoded, &mut logs);
-            let mut deliveries = FrameDeliveries { seq: decoded.seq, did: decoded.did.clone(), deliveries: Vec::new() };
-            for event in &decoded.events {
-                self.handle_event(event, raw.received_at_us, &mut deliveries, &mut logs);
-                if self.halted {
+            let mut events = Vec::with_capacity(decoded.events.len());
+            for event in decoded.events {
+                self.metrics.count_handled(event.action_name(), event.collection());
+                events.push((event, self.event_ids.next_id()));
+            }
+            let batch = Arc::new(FrameBatch {
+                seq: decoded.seq,
+                did: decoded.did,
+                events,
+                received_at_us: raw.received_at_us,
+            });
+            for tenant in &self.tenants {
+                if tenant.blocking_send(batch.clone()).is_err() {
+                    tracing::info!("a tenant stopped; no further frames are decoded");
                     return;
                 }
-            }
-            if self.deliveries.blocking_send(deliveries).is_err() {
-                tracing::error!("the delivery checker stopped; no further frames are processed");
-                return;
             }
         }
     }
@@ -141,55 +141,5 @@ impl Pipeline {
             }
         }
         self.previous_seq = Some(seq);
-    }
-
-    fn handle_event(&mut self, event: &Event, received_at_us: u64, deliveries: &mut FrameDeliveries, logs: &mut Logs) {
-        self.metrics.count_handled(event.action_name(), event.collection());
-        let event_id = self.event_ids.next_id();
-        for formatter in &mut self.formatters {
-            let messages = match formatter.format(event, event_id, received_at_us) {
-                Ok(messages) => messages,
-                Err(error) => {
-                    self.metrics.formatter_errors.with_label_values(&[formatter.name(), error.kind()]).inc();
-                    self.metrics.skipped.with_label_values(&[SkipReason::FormatterFailed.label()]).inc();
-                    if let Some(suppressed) = logs.formatter_errors.allow() {
-                        tracing::warn!(
-                            formatter = formatter.name(),
-                            did = event.did().unwrap_or(""),
-                            seq = ?event.seq(),
-                            %error,
-                            suppressed,
-                            "formatter failed; event skipped"
-                        );
-                    }
-                    continue;
-                }
-            };
-            self.metrics
-                .formatter_memory_bytes
-                .with_label_values(&[formatter.name()])
-                .set(formatter.peak_memory_bytes() as i64);
-            for message in messages {
-                let topic = message.topic.as_deref().unwrap_or(&self.output_topic);
-                let key = message.key.as_deref().unwrap_or(event.default_key().as_bytes());
-                match self.producer.send(topic, key, &message.value, &message.headers) {
-                    Ok(delivery) => deliveries.deliveries.push((topic.to_owned(), delivery)),
-                    Err(error) => {
-                        self.metrics.produced_events.with_label_values(&["failed"]).inc();
-                        // The frame must not count as delivered: the checker never sees it
-                        // complete, because the host stops on this error.
-                        let _ = self.fatal.send(Fatal::MessageRefused {
-                            topic: topic.to_owned(),
-                            did: event.did().unwrap_or_default().to_owned(),
-                            seq: event.seq(),
-                            bytes: message.value.len(),
-                            error: error.to_string(),
-                        });
-                        self.halted = true;
-                        return;
-                    }
-                }
-            }
-        }
     }
 }

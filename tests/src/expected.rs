@@ -175,40 +175,7 @@ pub fn compare(expected: &[Summary], actual: &[Summary]) -> Result<(), String> {
 /// Renders a host event in the standard shape in-process, with the same code the built-in guest
 /// runs, for tests of the decode path that need no WebAssembly or Kafka.
 pub fn render_standard(event: &atkafka_host::firehose::event::Event) -> Value {
-    use atkafka_host::firehose::event::{Action, Event};
-    use atkafka_shape::EventView;
-
-    let view = match event {
-        Event::Operation(op) => EventView::Operation {
-            did: &op.did,
-            time: &op.time,
-            action: match op.action {
-                Action::Create => atkafka_shape::Action::Create,
-                Action::Update => atkafka_shape::Action::Update,
-                Action::Delete => atkafka_shape::Action::Delete,
-            },
-            collection: &op.collection,
-            rkey: &op.rkey,
-            cid: op.cid.as_deref(),
-            record: op.record.as_deref(),
-        },
-        Event::Account(account) => EventView::Account {
-            did: &account.did,
-            seq: account.seq,
-            time: &account.time,
-            active: account.active,
-            status: account.status.as_deref(),
-        },
-        Event::Identity(identity) => EventView::Identity {
-            did: &identity.did,
-            seq: identity.seq,
-            time: &identity.time,
-            handle: identity.handle.as_deref(),
-        },
-        Event::Sync(sync) => EventView::Sync { did: &sync.did, seq: sync.seq, time: &sync.time, rev: &sync.rev },
-        Event::Info(info) => EventView::Info { name: &info.name, message: info.message.as_deref() },
-    };
     let mut out = Vec::new();
-    atkafka_shape::write_standard(&mut out, &view);
+    atkafka_host::standard_shape::write_standard(&mut out, event);
     serde_json::from_slice(&out).expect("the standard shape is valid JSON")
 }

@@ -6,8 +6,12 @@
 //! directories, no environment, no arguments, no sockets and no name lookup. Clocks and random
 //! are granted. Stdout and stderr go to a capped capture (see `output`).
 
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -40,12 +44,14 @@ impl WasiView for GuestState {
 pub struct FormatterEngine {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
+    cache_dir: Option<PathBuf>,
 }
 
 impl FormatterEngine {
     /// Creates the engine and starts the thread that advances its epoch every [`EPOCH_TICK`]. The
-    /// thread holds only a weak handle and ends when the engine is dropped.
-    pub fn new() -> anyhow::Result<Self> {
+    /// thread holds only a weak handle and ends when the engine is dropped. Compiled components are
+    /// kept in `cache_dir` when one is given.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -67,7 +73,7 @@ impl FormatterEngine {
             })
             .context("failed to start the epoch thread")?;
 
-        Ok(FormatterEngine { engine, linker: Arc::new(linker) })
+        Ok(FormatterEngine { engine, linker: Arc::new(linker), cache_dir })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -78,9 +84,34 @@ impl FormatterEngine {
         &self.linker
     }
 
-    /// Compiles a component from its bytes.
+    /// Compiles a component from its bytes, or loads its compiled form from the cache. The cache
+    /// key covers the component's bytes and everything about this engine that compiled code
+    /// depends on, so a stale or foreign artefact is never loaded; a cache that cannot be read or
+    /// written only costs the compilation.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        Component::new(&self.engine, bytes).map_err(anyhow::Error::from)
+        let Some(cache_dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(anyhow::Error::from);
+        };
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let digest = Sha256::digest(bytes);
+        let key: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        let path = cache_dir.join(format!("{key}-{:016x}.cwasm", engine_hash.finish()));
+
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an engine with the same
+            // compatibility hash, into a cache directory that only this host's user should be
+            // able to write (see the `--compile-cache-dir` documentation).
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "ignoring an unreadable compiled component"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(anyhow::Error::from)?;
+        if let Err(error) = store_compiled(&component, cache_dir, &path) {
+            tracing::warn!(path = %path.display(), %error, "cannot cache the compiled component");
+        }
+        Ok(component)
     }
 
     /// Creates a store for one guest instance, with its own limits and a deny-by-default WASI
@@ -103,6 +134,26 @@ impl FormatterEngine {
         store.epoch_deadline_trap();
         store
     }
+}
+
+/// Writes a compiled component atomically (temporary file, then rename).
+fn store_compiled(component: &Component, cache_dir: &Path, path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(cache_dir)?;
+    let serialized = component.serialize().map_err(anyhow::Error::from)?;
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, serialized)?;
+    std::fs::rename(&temporary, path)?;
+    Ok(())
+}
+
+/// The default cache of compiled components: `$XDG_CACHE_HOME/atkafka-host`, else
+/// `$HOME/.cache/atkafka-host`; none when neither variable is set.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|value| !value.is_empty()).map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("atkafka-host"))
 }
 
 /// The number of epoch ticks that covers `timeout`, rounded up, plus one so that a call starting

@@ -29,6 +29,29 @@ pub struct FormatterLimits {
     pub max_memory_bytes: usize,
     /// Bytes of stdout and of stderr kept per call for the log.
     pub output_cap_bytes: usize,
+    /// Messages one call may return.
+    pub max_messages_per_event: usize,
+    /// Bytes one message value may have.
+    pub max_message_bytes: usize,
+    /// Replace the instance after this many calls; 0 never does.
+    pub recycle_after_calls: u64,
+    /// Replace the instance after a call that left its memory above this share of
+    /// `max_memory_bytes`, in percent, so that a guest that leaks is renewed before it fails.
+    pub recycle_memory_percent: u8,
+}
+
+impl Default for FormatterLimits {
+    fn default() -> Self {
+        FormatterLimits {
+            timeout: Duration::from_millis(100),
+            max_memory_bytes: 128 << 20,
+            output_cap_bytes: 4096,
+            max_messages_per_event: 100,
+            max_message_bytes: 1 << 20,
+            recycle_after_calls: 0,
+            recycle_memory_percent: 75,
+        }
+    }
 }
 
 /// A message returned by a formatter.
@@ -51,6 +74,8 @@ pub enum FormatError {
     Deadline(Duration),
     #[error("formatter exceeded its memory limit of {0} bytes")]
     MemoryLimit(usize),
+    #[error("formatter output exceeds its limit: {0}")]
+    OutputLimit(String),
 }
 
 impl FormatError {
@@ -61,15 +86,17 @@ impl FormatError {
             FormatError::Trap(_) => "trap",
             FormatError::Deadline(_) => "deadline",
             FormatError::MemoryLimit(_) => "memory",
+            FormatError::OutputLimit(_) => "output",
         }
     }
 
-    pub const KINDS: [&'static str; 4] = ["error", "trap", "deadline", "memory"];
+    pub const KINDS: [&'static str; 5] = ["error", "trap", "deadline", "memory", "output"];
 }
 
 struct Live {
     store: Store<GuestState>,
     bindings: FormatterBindings,
+    calls: u64,
 }
 
 pub struct Formatter {
@@ -80,6 +107,9 @@ pub struct Formatter {
     limits: FormatterLimits,
     live: Option<Live>,
     output_log: LogLimiter,
+    peak_memory_bytes: usize,
+    recycles: u64,
+    deadline_retries: u64,
 }
 
 impl Formatter {
@@ -112,6 +142,9 @@ impl Formatter {
             limits,
             live: None,
             output_log: LogLimiter::default(),
+            peak_memory_bytes: 0,
+            recycles: 0,
+            deadline_retries: 0,
         };
         formatter.instantiate().map_err(|error| anyhow::anyhow!("formatter `{}`: {error}", formatter.name))?;
         Ok(formatter)
@@ -138,31 +171,57 @@ impl Formatter {
             Ok(Err(message)) => return Err(FormatError::Guest(format!("invalid options: {message}"))),
             Err(error) => return Err(self.classify(&mut store, error)),
         }
-        self.live = Some(Live { store, bindings });
+        self.live = Some(Live { store, bindings, calls: 0 });
         Ok(())
     }
 
-    /// Formats one event. On any failure the instance is dropped and rebuilt on the next call.
+    /// Formats one event. On any failure the instance is dropped and rebuilt on the next call. A
+    /// call that runs past its deadline is tried once more on a fresh instance, so that a pause
+    /// of the guest's own (a garbage collection, say) is told apart from a runaway guest.
     pub fn format(&mut self, event: &Event, event_id: u64, received_at_us: u64) -> Result<Vec<Message>, FormatError> {
+        let wit_event = to_wit(event);
+        let context = wit::Context { event_id, received_at_us };
+        match self.call_once(&wit_event, context) {
+            Err(FormatError::Deadline(_)) => {
+                self.deadline_retries += 1;
+                self.call_once(&wit_event, context)
+            }
+            result => result,
+        }
+    }
+
+    fn call_once(&mut self, event: &wit::Event, context: wit::Context) -> Result<Vec<Message>, FormatError> {
         if self.live.is_none() {
             self.instantiate()?;
         }
         let live = self.live.as_mut().expect("an instance was just built");
         live.store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
         live.store.data_mut().limiter.memory_limit_hit = false;
+        live.calls += 1;
 
-        let context = wit::Context { event_id, received_at_us };
-        let result = live.bindings.call_format(&mut live.store, &to_wit(event), context);
+        let result = live.bindings.call_format(&mut live.store, event, context);
         log_guest_output(&mut self.output_log, &self.name, live.store.data());
-
-        match result {
-            Ok(Ok(messages)) => Ok(messages.into_iter().map(from_wit).collect()),
-            Ok(Err(message)) => Err(FormatError::Guest(message)),
+        let messages = match result {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(message)) => return Err(FormatError::Guest(message)),
             Err(error) => {
                 let mut live = self.live.take().expect("the instance is still there");
-                Err(self.classify(&mut live.store, error))
+                return Err(self.classify(&mut live.store, error));
             }
+        };
+
+        let peak = live.store.data().limiter.peak_memory_bytes;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(peak);
+        let memory_high = peak * 100 > self.limits.max_memory_bytes * usize::from(self.limits.recycle_memory_percent);
+        let calls_done = self.limits.recycle_after_calls > 0 && live.calls >= self.limits.recycle_after_calls;
+        if memory_high || calls_done {
+            // Between calls nothing is in flight, so a fresh instance neither loses nor repeats
+            // an event.
+            self.live = None;
+            self.recycles += 1;
         }
+        check_output(&messages, &self.limits)?;
+        Ok(messages.into_iter().map(from_wit).collect())
     }
 
     /// Names the limit a failed call hit, or the trap it raised.
@@ -176,9 +235,19 @@ impl Formatter {
         FormatError::Trap(format!("{error:#}"))
     }
 
-    /// The highest linear memory of the live instance, in bytes.
+    /// The highest linear memory any instance reached, in bytes.
     pub fn peak_memory_bytes(&self) -> usize {
-        self.live.as_ref().map(|live| live.store.data().limiter.peak_memory_bytes).unwrap_or(0)
+        self.peak_memory_bytes
+    }
+
+    /// Instances replaced because of their call count or memory.
+    pub fn recycles(&self) -> u64 {
+        self.recycles
+    }
+
+    /// Calls tried again on a fresh instance after running past their deadline.
+    pub fn deadline_retries(&self) -> u64 {
+        self.deadline_retries
     }
 }
 
@@ -190,6 +259,25 @@ fn log_guest_output(limiter: &mut LogLimiter, formatter: &str, state: &GuestStat
             tracing::info!(formatter, stream, dropped_bytes = dropped, suppressed, "guest output: {text}");
         }
     }
+}
+
+/// Checks a call's messages against the output limits.
+fn check_output(messages: &[wit::Message], limits: &FormatterLimits) -> Result<(), FormatError> {
+    if messages.len() > limits.max_messages_per_event {
+        return Err(FormatError::OutputLimit(format!(
+            "{} messages for one event, the limit is {}",
+            messages.len(),
+            limits.max_messages_per_event
+        )));
+    }
+    if let Some(message) = messages.iter().find(|message| message.value.len() > limits.max_message_bytes) {
+        return Err(FormatError::OutputLimit(format!(
+            "a message of {} bytes, the limit is {}",
+            message.value.len(),
+            limits.max_message_bytes
+        )));
+    }
+    Ok(())
 }
 
 fn from_wit(message: wit::Message) -> Message {

@@ -17,5 +17,5 @@ mod limits;
 mod output;
 
 pub use builtin::FormatterSource;
-pub use engine::FormatterEngine;
-pub use instance::{FormatError, Formatter, FormatterLimits};
+pub use engine::{default_cache_dir, FormatterEngine};
+pub use instance::{FormatError, Formatter, FormatterLimits, Message};

@@ -28,19 +28,33 @@ pub struct DeliveryTotals {
     pub failed: u64,
 }
 
-/// Awaits every delivery report until the sender side of `frames` is dropped, publishing the
-/// acknowledged seq on `acknowledged` (which starts at the cursor the host resumed from).
+/// Receives the next frame's reports from every tenant; `None` once any tenant's queue is closed
+/// and drained, because from then on no frame can be complete.
+async fn next_frame(tenants: &mut [mpsc::Receiver<FrameDeliveries>]) -> Option<Vec<FrameDeliveries>> {
+    let mut reports = Vec::with_capacity(tenants.len());
+    for tenant in tenants.iter_mut() {
+        reports.push(tenant.recv().await?);
+    }
+    Some(reports)
+}
+
+/// Awaits every delivery report, frame by frame across all tenants (each tenant reports every
+/// frame, in order), until a tenant's queue closes. Publishes the acknowledged seq on
+/// `acknowledged`, which starts at the cursor the host resumed from.
 pub async fn check_deliveries(
-    mut frames: mpsc::Receiver<FrameDeliveries>,
+    mut tenants: Vec<mpsc::Receiver<FrameDeliveries>>,
     metrics: Arc<Metrics>,
     acknowledged: watch::Sender<Option<i64>>,
     fatal: FatalSender,
 ) -> DeliveryTotals {
     let mut totals = DeliveryTotals::default();
     let mut stalled = false;
-    while let Some(frame) = frames.recv().await {
-        metrics.delivery_queue_depth.set(frames.len() as i64);
-        for (topic, delivery) in frame.deliveries {
+    while let Some(reports) = next_frame(&mut tenants).await {
+        metrics.delivery_queue_depth.set(tenants.iter().map(|tenant| tenant.len()).max().unwrap_or(0) as i64);
+        let seq = reports.first().and_then(|report| report.seq);
+        let did = reports.first().and_then(|report| report.did.clone());
+        let deliveries = reports.into_iter().flat_map(|report| report.deliveries);
+        for (topic, delivery) in deliveries {
             let failure = match delivery.await {
                 Ok(Ok(_)) => None,
                 Ok(Err((error, _message))) => Some(error.to_string()),
@@ -56,8 +70,8 @@ pub async fn check_deliveries(
                     metrics.produced_events.with_label_values(&["failed"]).inc();
                     if !stalled {
                         stalled = true;
-                        let did = frame.did.clone().unwrap_or_default();
-                        let _ = fatal.send(Fatal::DeliveryFailed { topic, did, seq: frame.seq, error });
+                        let did = did.clone().unwrap_or_default();
+                        let _ = fatal.send(Fatal::DeliveryFailed { topic, did, seq, error });
                     }
                 }
             }
@@ -65,7 +79,7 @@ pub async fn check_deliveries(
         if stalled {
             continue;
         }
-        if let Some(seq) = frame.seq {
+        if let Some(seq) = seq {
             let advanced = acknowledged.send_if_modified(|current| {
                 if current.is_some_and(|current| current >= seq) {
                     return false;

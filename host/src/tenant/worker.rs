@@ -1,0 +1,212 @@
+//! One tenant's thread: filters the events of each frame, formats them in the tenant's own
+//! formatter instance, applies the tenant's error policy, and hands the messages to Kafka.
+//!
+//! Guarantees: frames are handled strictly in order, so one DID's messages reach librdkafka in
+//! firehose order; every frame, even one whose events were all filtered or failed, is reported to
+//! the delivery checker, so the cursor can pass it; a `halt` failure or a refused message stops
+//! the tenant before it reports the frame, so the cursor never passes that event.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::config::TenantSpec;
+use super::filter::Filter;
+use super::policy::{ErrorPolicy, Quarantine};
+use crate::fatal::{Fatal, FatalSender};
+use crate::firehose::event::Event;
+use crate::formatter::{Formatter, Message};
+use crate::kafka::delivery::FrameDeliveries;
+use crate::kafka::producer::Producer;
+use crate::metrics::Metrics;
+use crate::ratelimit::LogLimiter;
+use crate::skip::SkipReason;
+
+/// The events of one frame, shared by every tenant.
+#[derive(Debug)]
+pub struct FrameBatch {
+    pub seq: Option<i64>,
+    pub did: Option<String>,
+    /// Each event with its event id.
+    pub events: Vec<(Event, u64)>,
+    pub received_at_us: u64,
+}
+
+pub struct TenantWorker {
+    name: String,
+    topic: String,
+    filter: Filter,
+    on_error: ErrorPolicy,
+    formatter: Formatter,
+    quarantine: Quarantine,
+    producer: Arc<Producer>,
+    metrics: Arc<Metrics>,
+    fatal: FatalSender,
+    failure_log: LogLimiter,
+}
+
+/// Whether the worker goes on after an event.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl TenantWorker {
+    pub fn new(
+        spec: &TenantSpec,
+        formatter: Formatter,
+        producer: Arc<Producer>,
+        metrics: Arc<Metrics>,
+        fatal: FatalSender,
+    ) -> Self {
+        TenantWorker {
+            name: spec.name.clone(),
+            topic: spec.topic.clone(),
+            filter: spec.filter.clone(),
+            on_error: spec.on_error.clone(),
+            formatter,
+            quarantine: Quarantine::new(spec.quarantine),
+            producer,
+            metrics,
+            fatal,
+            failure_log: LogLimiter::default(),
+        }
+    }
+
+    /// Handles frames until the decoder closes the queue or the tenant must stop.
+    pub fn run(mut self, mut batches: mpsc::Receiver<Arc<FrameBatch>>, deliveries: mpsc::Sender<FrameDeliveries>) {
+        while let Some(batch) = batches.blocking_recv() {
+            self.metrics.tenant_queue_depth.with_label_values(&[&self.name]).set(batches.len() as i64);
+            let mut frame = FrameDeliveries { seq: batch.seq, did: batch.did.clone(), deliveries: Vec::new() };
+            for (event, event_id) in &batch.events {
+                if let Flow::Stop = self.handle(event, *event_id, batch.received_at_us, &mut frame) {
+                    return;
+                }
+            }
+            if deliveries.blocking_send(frame).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, event: &Event, event_id: u64, received_at_us: u64, frame: &mut FrameDeliveries) -> Flow {
+        let tenant = self.name.as_str();
+        if !self.filter.matches(event) {
+            self.metrics.tenant_filtered.with_label_values(&[tenant]).inc();
+            return Flow::Continue;
+        }
+        self.metrics.tenant_events.with_label_values(&[tenant]).inc();
+
+        let now = Instant::now();
+        if !self.quarantine.allows_call(now) {
+            return self.fail(event, frame, "quarantined", "the tenant is quarantined after repeated failures");
+        }
+        self.metrics.tenant_quarantined.with_label_values(&[tenant]).set(0);
+        let result = self.formatter.format(event, event_id, received_at_us);
+        self.metrics.formatter_call_seconds.with_label_values(&[tenant]).observe(now.elapsed().as_secs_f64());
+        self.metrics.formatter_memory_bytes.with_label_values(&[tenant]).set(self.formatter.peak_memory_bytes() as i64);
+        self.metrics.formatter_recycles.with_label_values(&[tenant]).set(self.formatter.recycles() as i64);
+        self.metrics.formatter_deadline_retries.with_label_values(&[tenant]).set(self.formatter.deadline_retries() as i64);
+
+        match result {
+            Ok(messages) => {
+                self.quarantine.record_success();
+                let count = messages.len();
+                for message in messages {
+                    if let Flow::Stop = self.send(event, &message, frame) {
+                        return Flow::Stop;
+                    }
+                }
+                self.metrics.tenant_messages.with_label_values(&[&self.name]).inc_by(count as u64);
+                Flow::Continue
+            }
+            Err(error) => self.fail(event, frame, error.kind(), &error.to_string()),
+        }
+    }
+
+    fn send(&self, event: &Event, message: &Message, frame: &mut FrameDeliveries) -> Flow {
+        let topic = message.topic.as_deref().unwrap_or(&self.topic);
+        let key = message.key.as_deref().unwrap_or(event.default_key().as_bytes());
+        match self.producer.send(topic, key, &message.value, &message.headers) {
+            Ok(delivery) => {
+                frame.deliveries.push((topic.to_owned(), delivery));
+                Flow::Continue
+            }
+            Err(error) => {
+                self.metrics.produced_events.with_label_values(&["failed"]).inc();
+                let _ = self.fatal.send(Fatal::MessageRefused {
+                    topic: topic.to_owned(),
+                    did: event.did().unwrap_or_default().to_owned(),
+                    seq: event.seq(),
+                    bytes: message.value.len(),
+                    error: error.to_string(),
+                });
+                Flow::Stop
+            }
+        }
+    }
+
+    /// Applies the error policy to an event the formatter did not format.
+    fn fail(&mut self, event: &Event, frame: &mut FrameDeliveries, kind: &str, error: &str) -> Flow {
+        let tenant = self.name.clone();
+        self.metrics.formatter_errors.with_label_values(&[&tenant, kind]).inc();
+        if kind != "quarantined" && self.quarantine.record_failure(Instant::now()) {
+            self.metrics.tenant_quarantined.with_label_values(&[&tenant]).set(1);
+            tracing::error!(tenant, %error, "tenant quarantined after repeated formatter failures");
+        }
+        if let Some(suppressed) = self.failure_log.allow() {
+            tracing::warn!(
+                tenant,
+                kind,
+                did = event.did().unwrap_or(""),
+                seq = ?event.seq(),
+                %error,
+                suppressed,
+                "formatter failed on an event"
+            );
+        }
+
+        match &self.on_error {
+            ErrorPolicy::Skip => {
+                self.metrics.skipped.with_label_values(&[SkipReason::FormatterFailed.label()]).inc();
+                Flow::Continue
+            }
+            ErrorPolicy::DeadLetter { topic } => {
+                let message = dead_letter(&tenant, event, kind, error);
+                let message = Message { topic: Some(topic.clone()), ..message };
+                self.metrics.tenant_dead_lettered.with_label_values(&[&tenant]).inc();
+                self.send(event, &message, frame)
+            }
+            ErrorPolicy::Halt => {
+                let _ = self.fatal.send(Fatal::TenantHalted {
+                    tenant,
+                    did: event.did().unwrap_or_default().to_owned(),
+                    seq: event.seq(),
+                    error: error.to_owned(),
+                });
+                Flow::Stop
+            }
+        }
+    }
+}
+
+/// The dead-letter message of an event: the event in the standard shape, with headers naming the
+/// tenant, the error kind and message, the DID and the seq.
+fn dead_letter(tenant: &str, event: &Event, kind: &str, error: &str) -> Message {
+    let mut value = Vec::with_capacity(512);
+    crate::standard_shape::write_standard(&mut value, event);
+    let seq = event.seq().map(|seq| seq.to_string()).unwrap_or_default();
+    Message {
+        value,
+        key: None,
+        headers: vec![
+            ("atkafka-tenant".to_owned(), tenant.as_bytes().to_vec()),
+            ("atkafka-error-kind".to_owned(), kind.as_bytes().to_vec()),
+            ("atkafka-error".to_owned(), error.as_bytes().to_vec()),
+            ("atkafka-did".to_owned(), event.did().unwrap_or_default().as_bytes().to_vec()),
+            ("atkafka-seq".to_owned(), seq.into_bytes()),
+        ],
+        topic: None,
+    }
+}
