@@ -9,13 +9,15 @@
 CARGO ?= cargo
 GUEST_TARGET_DIR := target/guest-build
 GUESTS := -p atkafka-formatter-standard -p atkafka-formatter-osprey
+# Misbehaving guests that the sandbox tests load.
+TEST_GUESTS := -p atkafka-formatter-hostile -p atkafka-formatter-hostile-import
 HOST_BIN := $(CURDIR)/target/release/atkafka-host
 
 .PHONY: build guests test test-deps run
 
 guests:
 	scripts/install-deps.sh wasm-target
-	$(CARGO) build --profile guest --target wasm32-wasip2 $(GUESTS) --target-dir $(GUEST_TARGET_DIR)
+	$(CARGO) build --profile guest --target wasm32-wasip2 $(GUESTS) $(TEST_GUESTS) --target-dir $(GUEST_TARGET_DIR)
 
 build: guests
 	$(CARGO) build --release -p atkafka-host

@@ -65,3 +65,12 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(path)?;
     text.lines().filter(|line| !line.trim().is_empty()).map(|line| Ok(serde_json::from_str(line)?)).collect()
 }
+
+/// A guest component built by `make guests`, such as `atkafka_formatter_hostile`.
+pub fn built_guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guest-build/wasm32-wasip2/guest")
+        .join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `make guests`", path.display());
+    path
+}

@@ -11,3 +11,4 @@ pub mod fixtures;
 pub mod host;
 pub mod synthetic;
 pub mod replay;
+pub mod scenario;

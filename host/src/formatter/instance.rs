@@ -201,6 +201,8 @@ impl Formatter {
 
         let result = live.bindings.call_format(&mut live.store, event, context);
         log_guest_output(&mut self.output_log, &self.name, live.store.data());
+        let peak = live.store.data().limiter.peak_memory_bytes;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(peak);
         let messages = match result {
             Ok(Ok(messages)) => messages,
             Ok(Err(message)) => return Err(FormatError::Guest(message)),
@@ -210,8 +212,6 @@ impl Formatter {
             }
         };
 
-        let peak = live.store.data().limiter.peak_memory_bytes;
-        self.peak_memory_bytes = self.peak_memory_bytes.max(peak);
         let memory_high = peak * 100 > self.limits.max_memory_bytes * usize::from(self.limits.recycle_memory_percent);
         let calls_done = self.limits.recycle_after_calls > 0 && live.calls >= self.limits.recycle_after_calls;
         if memory_high || calls_done {
@@ -232,7 +232,9 @@ impl Formatter {
         if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
             return FormatError::Deadline(self.limits.timeout);
         }
-        FormatError::Trap(format!("{error:#}"))
+        // The root cause names the trap (for example "wasm `unreachable` instruction executed");
+        // the guest's own panic message, if any, went to its stderr and the log.
+        FormatError::Trap(error.root_cause().to_string().replace('\n', " "))
     }
 
     /// The highest linear memory any instance reached, in bytes.

@@ -43,10 +43,11 @@ impl CollectionPattern {
     }
 }
 
-/// Which events a tenant receives. An empty list selects everything for that dimension.
+/// Which events a tenant receives. An empty list selects everything for that dimension, except
+/// that a collection list without a kind list selects record operations only.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    /// Collections of record operations; other event kinds are not affected.
+    /// Collections of record operations. Other kinds of events pass only when `kinds` names them.
     pub collections: Vec<CollectionPattern>,
     /// DIDs; info events, which have none, pass only when this is empty.
     pub dids: Vec<String>,
@@ -70,7 +71,12 @@ impl Filter {
     }
 
     pub fn matches(&self, event: &Event) -> bool {
-        if !self.kinds.is_empty() && !self.kinds.iter().any(|kind| kind == kind_of(event)) {
+        let kind = kind_of(event);
+        if self.kinds.is_empty() {
+            if !self.collections.is_empty() && kind != "operation" {
+                return false;
+            }
+        } else if !self.kinds.iter().any(|wanted| wanted == kind) {
             return false;
         }
         if !self.dids.is_empty() && !event.did().is_some_and(|did| self.dids.iter().any(|wanted| wanted == did)) {
@@ -117,12 +123,17 @@ mod tests {
     }
 
     #[test]
-    fn collection_filter_leaves_other_kinds_alone() {
-        let filter =
-            Filter { collections: vec![CollectionPattern::parse("app.bsky.feed.post").unwrap()], ..Filter::default() };
+    fn collection_filter_selects_operations_unless_kinds_name_more() {
+        let collections = vec![CollectionPattern::parse("app.bsky.feed.post").unwrap()];
         let identity =
             Event::Identity(Identity { did: "did:plc:a".into(), seq: 1, time: "t".into(), handle: None });
-        assert!(filter.matches(&identity));
+        let posts_only = Filter { collections: collections.clone(), ..Filter::default() };
+        assert!(!posts_only.matches(&identity));
+        let posts_and_identity =
+            Filter { collections, kinds: vec!["operation".to_owned(), "identity".to_owned()], ..Filter::default() };
+        assert!(posts_and_identity.matches(&identity));
+        assert!(posts_and_identity.matches(&post("did:plc:a", "app.bsky.feed.post")));
+        assert!(!posts_and_identity.matches(&post("did:plc:a", "app.bsky.feed.like")));
     }
 
     #[test]

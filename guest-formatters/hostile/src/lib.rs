@@ -1,0 +1,81 @@
+//! A formatter that misbehaves on purpose, chosen by its `behavior` option, for testing that the
+//! host contains it. A behaviour that would be a sandbox escape (reading a file, listing the
+//! environment, opening a socket) returns a message starting with `LEAKED` if it ever succeeds,
+//! so a test can assert that no such message is produced.
+//!
+//! Behaviours: `loop` (never returns), `memory` (allocates until it fails), `trap` (panics),
+//! `oversized` (returns a 2 MiB message), `many` (returns 10 000 messages), `read-file`,
+//! `environment`, `socket`.
+
+use std::sync::Mutex;
+
+use atkafka_shape::guest::{Context, Event, Guest, Message};
+
+static BEHAVIOR: Mutex<String> = Mutex::new(String::new());
+static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+const BEHAVIORS: [&str; 8] = ["loop", "memory", "trap", "oversized", "many", "read-file", "environment", "socket"];
+
+struct Hostile;
+
+fn message(value: Vec<u8>) -> Message {
+    Message { value, key: None, headers: Vec::new(), topic: None }
+}
+
+fn leaked(what: String) -> Result<Vec<Message>, String> {
+    Ok(vec![message(format!("LEAKED {what}").into_bytes())])
+}
+
+impl Guest for Hostile {
+    fn configure(options: Vec<(String, String)>) -> Result<(), String> {
+        for (key, value) in options {
+            match key.as_str() {
+                "behavior" if BEHAVIORS.contains(&value.as_str()) => *BEHAVIOR.lock().unwrap() = value,
+                "behavior" => return Err(format!("unknown behavior `{value}`: use one of {}", BEHAVIORS.join(", "))),
+                other => return Err(format!("unknown option `{other}`")),
+            }
+        }
+        Ok(())
+    }
+
+    fn format(_event: Event, _context: Context) -> Result<Vec<Message>, String> {
+        let behavior = BEHAVIOR.lock().unwrap().clone();
+        match behavior.as_str() {
+            "loop" => {
+                let mut counter: u64 = 0;
+                loop {
+                    counter = std::hint::black_box(counter.wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard = HOARD.lock().unwrap();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                }
+            }
+            "trap" => panic!("this formatter traps on every call"),
+            "oversized" => Ok(vec![message(vec![b'x'; 2 << 20])]),
+            "many" => Ok((0..10_000).map(|_| message(b"{}".to_vec())).collect()),
+            "read-file" => match std::fs::read_to_string("/etc/passwd") {
+                Ok(text) => leaked(format!("file: {} bytes", text.len())),
+                Err(error) => Err(format!("reading /etc/passwd failed: {error}")),
+            },
+            "environment" => {
+                let variables: Vec<String> = std::env::vars().map(|(key, _)| key).collect();
+                let arguments: Vec<String> = std::env::args().collect();
+                if variables.is_empty() && arguments.is_empty() {
+                    Err("no environment variables or arguments are visible".to_owned())
+                } else {
+                    leaked(format!("environment: {variables:?} {arguments:?}"))
+                }
+            }
+            "socket" => match std::net::TcpStream::connect("127.0.0.1:9") {
+                Ok(_) => leaked("socket: connected".to_owned()),
+                Err(error) => Err(format!("connecting failed: {error}")),
+            },
+            other => Err(format!("no behavior configured (`{other}`)")),
+        }
+    }
+}
+
+atkafka_shape::guest::export!(Hostile with_types_in atkafka_shape::guest);
