@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::mpsc;
 
 use super::config::TenantSpec;
@@ -50,6 +51,15 @@ pub struct TenantWorker {
 enum Flow {
     Continue,
     Stop,
+}
+
+/// Why a message did not reach librdkafka.
+enum SendError {
+    /// Larger than the producer's `message.max.bytes`: the event's fault, handled by the tenant's
+    /// error policy.
+    TooLarge(String),
+    /// Anything else stops the host.
+    Fatal,
 }
 
 impl TenantWorker {
@@ -114,8 +124,10 @@ impl TenantWorker {
                 self.quarantine.record_success();
                 let count = messages.len();
                 for message in messages {
-                    if let Flow::Stop = self.send(event, &message, frame) {
-                        return Flow::Stop;
+                    match self.send(event, &message, frame) {
+                        Ok(()) => {}
+                        Err(SendError::TooLarge(error)) => return self.fail(event, frame, "output", &error),
+                        Err(SendError::Fatal) => return Flow::Stop,
                     }
                 }
                 self.metrics.tenant_messages.with_label_values(&[&self.name]).inc_by(count as u64);
@@ -125,14 +137,18 @@ impl TenantWorker {
         }
     }
 
-    fn send(&self, event: &Event, message: &Message, frame: &mut FrameDeliveries) -> Flow {
+    fn send(&self, event: &Event, message: &Message, frame: &mut FrameDeliveries) -> Result<(), SendError> {
         let topic = message.topic.as_deref().unwrap_or(&self.topic);
         let key = message.key.as_deref().unwrap_or(event.default_key().as_bytes());
         match self.producer.send(topic, key, &message.value, &message.headers) {
             Ok(delivery) => {
                 frame.deliveries.push((topic.to_owned(), delivery));
-                Flow::Continue
+                Ok(())
             }
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => Err(SendError::TooLarge(format!(
+                "a message of {} bytes for topic `{topic}` is larger than the producer's message.max.bytes",
+                message.value.len() + key.len()
+            ))),
             Err(error) => {
                 self.metrics.produced_events.with_label_values(&["failed"]).inc();
                 let _ = self.fatal.send(Fatal::MessageRefused {
@@ -142,7 +158,7 @@ impl TenantWorker {
                     bytes: message.value.len(),
                     error: error.to_string(),
                 });
-                Flow::Stop
+                Err(SendError::Fatal)
             }
         }
     }
@@ -176,7 +192,21 @@ impl TenantWorker {
                 let message = dead_letter(&tenant, event, kind, error);
                 let message = Message { topic: Some(topic.clone()), ..message };
                 self.metrics.tenant_dead_lettered.with_label_values(&[&tenant]).inc();
-                self.send(event, &message, frame)
+                match self.send(event, &message, frame) {
+                    Ok(()) => Flow::Continue,
+                    Err(SendError::TooLarge(error)) => {
+                        // The dead letter itself cannot be produced: losing it silently is not an
+                        // option, so the host stops with the cursor before this event.
+                        let _ = self.fatal.send(Fatal::TenantHalted {
+                            tenant,
+                            did: event.did().unwrap_or_default().to_owned(),
+                            seq: event.seq(),
+                            error: format!("the dead letter could not be produced: {error}"),
+                        });
+                        Flow::Stop
+                    }
+                    Err(SendError::Fatal) => Flow::Stop,
+                }
             }
             ErrorPolicy::Halt => {
                 let _ = self.fatal.send(Fatal::TenantHalted {
