@@ -16,7 +16,10 @@ fn main() {
     let workspace = manifest_dir.parent().expect("the host crate lives inside the workspace").to_path_buf();
     // `make guests` builds into the same directory, so after it this build is a quick no-op.
     let target_dir = workspace.join("target").join("guest-build");
-    println!("cargo:rerun-if-changed={}", workspace.join("guest-formatters").display());
+    // Only the built-in guests' sources: the examples folder holds node_modules and build trees.
+    for guest in ["shape", "standard", "osprey"] {
+        println!("cargo:rerun-if-changed={}", workspace.join("guest-formatters").join(guest).display());
+    }
     println!("cargo:rerun-if-changed={}", workspace.join("wit").display());
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());

@@ -93,7 +93,7 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
     latencies.sort();
     let percentile = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied();
     eprintln!(
-        "formatter {}: loaded in {} ms; {} events x {} rounds -> {} messages, {} failed; call latency median {}, p99 {}; peak memory {} KiB",
+        "formatter {}: loaded in {} ms; {} events x {} rounds -> {} messages, {} failed; call latency median {}, p99 {}; peak memory {} KiB; instances recycled: {}",
         formatter.name(),
         load_time.as_millis(),
         events.len(),
@@ -102,7 +102,8 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
         failures,
         micros(percentile(0.5)),
         micros(percentile(0.99)),
-        formatter.peak_memory_bytes() / 1024
+        formatter.peak_memory_bytes() / 1024,
+        formatter.recycles()
     );
     anyhow::ensure!(failures == 0, "{failures} formatter calls failed");
     Ok(())

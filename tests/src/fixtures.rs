@@ -74,3 +74,10 @@ pub fn built_guest(name: &str) -> PathBuf {
     assert!(path.exists(), "{} is missing: run `make guests`", path.display());
     path
 }
+
+/// An example formatter built by `make examples`, such as `posts-python`.
+pub fn built_example(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/examples").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `make examples`", path.display());
+    path
+}
