@@ -4,7 +4,9 @@
 #   make test        everything `make test-deps` needs, then every test (unit, fixtures, end to end)
 #   make run         streams the live firehose into Kafka; starts a local Tansu broker on
 #                    127.0.0.1:9092 unless BOOTSTRAP_SERVERS is given
-#   make test-deps   the wasm32-wasip2 target and the Tansu broker the tests run against
+#   make test-deps   the wasm32-wasip2 target, the Tansu broker and the PDS the tests run against
+#   make examples    the example formatter of guest-formatters/examples in Rust, JavaScript and
+#                    Python, as target/examples/posts-{rust,js,python}.wasm
 
 CARGO ?= cargo
 GUEST_TARGET_DIR := target/guest-build
@@ -14,6 +16,7 @@ TEST_GUESTS := -p atkafka-formatter-hostile -p atkafka-formatter-hostile-import
 HOST_BIN := $(CURDIR)/target/release/atkafka-host
 
 .PHONY: build guests test test-deps run
+.PHONY: examples
 
 guests:
 	scripts/install-deps.sh wasm-target
@@ -23,10 +26,14 @@ build: guests
 	$(CARGO) build --release -p atkafka-host
 
 test-deps:
-	scripts/install-deps.sh wasm-target tansu
+	scripts/install-deps.sh wasm-target tansu pds
 
-test: test-deps build
+test: test-deps build examples
 	ATKAFKA_HOST_BIN=$(HOST_BIN) $(CARGO) test -p atkafka-host -p atkafka-shape -p atkafka-integration-tests
 
 run: build
 	scripts/run-local.sh $(HOST_BIN)
+
+examples:
+	scripts/install-deps.sh wasm-target examples
+	CARGO=$(CARGO) scripts/build-examples.sh

@@ -137,7 +137,11 @@ impl Pipeline {
                 return;
             }
             if seq > previous + 1 {
-                self.metrics.seq_gaps.inc_by((seq - previous - 1) as u64);
+                let missing = seq - previous - 1;
+                self.metrics.seq_gaps.inc_by(missing as u64);
+                if let Some(suppressed) = logs.seq_changes.allow() {
+                    tracing::info!(seq, previous, missing, suppressed, "seq gap: the relay skipped seqs");
+                }
             }
         }
         self.previous_seq = Some(seq);

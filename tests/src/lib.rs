@@ -9,6 +9,7 @@ pub mod dagjson;
 pub mod expected;
 pub mod fixtures;
 pub mod host;
+pub mod pds;
 pub mod synthetic;
 pub mod replay;
 pub mod scenario;
