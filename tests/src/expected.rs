@@ -22,6 +22,8 @@ pub struct Summary {
     pub handle: Option<String>,
     pub active: Option<bool>,
     pub status: Option<String>,
+    /// The repository revision of a sync event.
+    pub rev: Option<String>,
 }
 
 impl Summary {
@@ -56,6 +58,7 @@ pub fn from_jetstream(event: &Value) -> Result<Summary, String> {
         handle: None,
         active: None,
         status: None,
+        rev: None,
     };
     match event.get("kind").and_then(Value::as_str) {
         Some("commit") => Ok(Summary {
@@ -100,6 +103,7 @@ pub fn from_standard(message: &Value) -> Result<Summary, String> {
         handle: None,
         active: None,
         status: None,
+        rev: None,
     };
     if let Some(operation) = message.get("operation") {
         let collection = required(operation, "/collection")?;
@@ -141,7 +145,15 @@ pub fn from_standard(message: &Value) -> Result<Summary, String> {
             ..empty
         });
     }
-    Err(format!("message is neither an operation, an identity nor an account event: {message}"))
+    if let Some(sync) = message.get("sync") {
+        return Ok(Summary {
+            kind: "sync".to_owned(),
+            seq: sync.get("seq").and_then(Value::as_i64),
+            rev: text(sync, "/rev"),
+            ..empty
+        });
+    }
+    Err(format!("message is neither an operation nor an identity, account or sync event: {message}"))
 }
 
 /// Compares the two sets event by event and describes every difference.

@@ -91,6 +91,7 @@ pub fn post_commit(seq: i64, dids: usize) -> GeneratedCommit {
         handle: None,
         active: None,
         status: None,
+        rev: None,
     };
     GeneratedCommit { frame, summary }
 }
@@ -125,3 +126,43 @@ pub fn error_frame(error: &str, message: &str) -> Vec<u8> {
     frame
 }
 
+
+/// One operation of a hand-built commit.
+pub struct Op<'a> {
+    pub action: &'a str,
+    pub path: &'a str,
+    pub cid: Option<Cid>,
+}
+
+/// A `#commit` frame with the given operations and CAR bytes (`None` leaves `blocks` out).
+pub fn commit_frame(seq: i64, did: &str, ops: &[Op<'_>], blocks: Option<Vec<u8>>, too_big: bool) -> Vec<u8> {
+    let ops: Vec<serde_json::Value> = ops
+        .iter()
+        .map(|op| {
+            let cid = op.cid.map(|cid| json!({"$link": cid.to_string()})).unwrap_or(serde_json::Value::Null);
+            json!({"action": op.action, "path": op.path, "cid": cid})
+        })
+        .collect();
+    let mut body = json!({
+        "seq": seq,
+        "rebase": false,
+        "tooBig": too_big,
+        "repo": did,
+        "commit": {"$link": cid_of(b"commit").to_string()},
+        "rev": format!("rev{seq}"),
+        "since": null,
+        "ops": ops,
+        "blobs": [],
+        "time": "2026-07-04T14:40:00.000Z",
+    });
+    if let Some(blocks) = blocks {
+        body["blocks"] = json!({"$bytes": base64::engine::general_purpose::STANDARD.encode(blocks)});
+    }
+    message_frame("#commit", &to_cbor(&body).expect("the body is DAG-JSON"))
+}
+
+/// A record block from DAG-JSON, with its CID.
+pub fn record_block(record: &serde_json::Value) -> (Cid, Vec<u8>) {
+    let block = encode(&to_cbor(record).expect("the record is DAG-JSON"));
+    (cid_of(&block), block)
+}

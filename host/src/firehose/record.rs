@@ -3,8 +3,9 @@
 //! The atproto data model maps CID links (CBOR tag 42) to `{"$link": "<cid>"}` and byte strings to
 //! `{"$bytes": "<base64 without padding>"}`; blobs are ordinary maps whose `ref` is a link, so they
 //! come out as `{"$type":"blob","ref":{"$link":…},"mimeType":…,"size":…}`. Map keys keep their
-//! order in the block. Anything outside the data model (floats, non-string map keys, other tags,
-//! integers outside the signed 64-bit range) makes the record invalid; nothing is silently changed.
+//! order in the block. Anything outside the data model (floats, `undefined`, indefinite lengths,
+//! non-string map keys, tags other than 42, integers outside the signed 64-bit range, nesting
+//! deeper than [`RECORD_RECURSION_LIMIT`]) makes the record invalid; nothing is silently changed.
 
 use std::io::Write;
 
@@ -26,10 +27,66 @@ pub enum RecordError {
     NotDataModel(String),
 }
 
+/// Checks the structure of a record block item by item, without building it: definite lengths
+/// only, no floats, no simple values but `false`, `true` and `null` (so no `undefined`), and
+/// nesting no deeper than [`RECORD_RECURSION_LIMIT`]. ciborium's value decoder alone would turn
+/// `undefined` into `null` and report deep nesting as malformed input.
+fn check_structure(block: &[u8]) -> Result<(), RecordError> {
+    use ciborium_io::Read as _;
+    use ciborium_ll::{Decoder, Header};
+
+    let malformed = |error: String| RecordError::Undecodable(error);
+    let mut decoder = Decoder::from(block);
+    // Items still to read at each open level; the bottom entry is the record itself.
+    let mut remaining: Vec<u64> = vec![1];
+    let mut scratch = Vec::new();
+    while let Some(top) = remaining.last_mut() {
+        if *top == 0 {
+            remaining.pop();
+            continue;
+        }
+        *top -= 1;
+        let header = decoder.pull().map_err(|error| malformed(format!("{error:?}")))?;
+        let children = match header {
+            Header::Positive(_) | Header::Negative(_) => 0,
+            Header::Float(float) => {
+                return Err(RecordError::NotDataModel(format!("float {float} (floats are not allowed)")));
+            }
+            Header::Simple(20..=22) => 0,
+            Header::Simple(23) => return Err(RecordError::NotDataModel("`undefined` is not allowed".to_owned())),
+            Header::Simple(other) => return Err(RecordError::NotDataModel(format!("simple value {other} is not allowed"))),
+            Header::Tag(_) => 1,
+            Header::Bytes(Some(length)) | Header::Text(Some(length)) => {
+                scratch.resize(length.min(block.len()), 0);
+                if length > block.len() {
+                    return Err(malformed(format!("a string of {length} bytes in a block of {}", block.len())));
+                }
+                decoder.read_exact(&mut scratch).map_err(|error| malformed(format!("{error:?}")))?;
+                0
+            }
+            Header::Array(Some(length)) => length as u64,
+            Header::Map(Some(length)) => 2 * length as u64,
+            Header::Bytes(None) | Header::Text(None) | Header::Array(None) | Header::Map(None) => {
+                return Err(RecordError::NotDataModel("indefinite-length items are not allowed".to_owned()));
+            }
+            Header::Break => return Err(malformed("unexpected break".to_owned())),
+        };
+        if children > 0 {
+            if remaining.len() > RECORD_RECURSION_LIMIT {
+                return Err(RecordError::NotDataModel(format!("nesting deeper than {RECORD_RECURSION_LIMIT} levels")));
+            }
+            remaining.push(children);
+        }
+    }
+    Ok(())
+}
+
 /// Converts a DAG-CBOR record block to atproto JSON text.
 pub fn record_to_json(block: &[u8]) -> Result<String, RecordError> {
+    check_structure(block)?;
     let mut rest = block;
-    let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, RECORD_RECURSION_LIMIT)
+    // The structure check has bounded the nesting; the margin covers ciborium's own counting.
+    let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, 2 * RECORD_RECURSION_LIMIT + 8)
         .map_err(|error| RecordError::Undecodable(error.to_string()))?;
     if !rest.is_empty() {
         return Err(RecordError::Undecodable(format!("{} bytes follow the record", rest.len())));
