@@ -5,6 +5,8 @@
 #   make run         streams the live firehose into Kafka; starts a local Tansu broker on
 #                    127.0.0.1:9092 unless BOOTSTRAP_SERVERS is given
 #   make test-deps   the wasm32-wasip2 target, the Tansu broker and the PDS the tests run against
+#   make bench       the benchmark of the whole path (see the README's Performance section); writes
+#                    target/bench/results.md
 #   make examples    the example formatter of guest-formatters/examples in Rust, JavaScript and
 #                    Python, as target/examples/posts-{rust,js,python}.wasm
 
@@ -16,7 +18,7 @@ TEST_GUESTS := -p atkafka-formatter-hostile -p atkafka-formatter-hostile-import
 HOST_BIN := $(CURDIR)/target/release/atkafka-host
 
 .PHONY: build guests test test-deps run
-.PHONY: examples
+.PHONY: examples bench
 
 guests:
 	scripts/install-deps.sh wasm-target
@@ -37,3 +39,7 @@ run: build
 examples:
 	scripts/install-deps.sh wasm-target examples
 	CARGO=$(CARGO) scripts/build-examples.sh
+
+bench: test-deps build
+	$(CARGO) build --release -p atkafka-integration-tests --bin bench
+	ATKAFKA_HOST_BIN=$(HOST_BIN) target/release/bench

@@ -26,16 +26,17 @@ use crate::pipeline::Pipeline;
 use crate::tenant::policy::ErrorPolicy;
 use crate::tenant::worker::TenantWorker;
 use crate::tenant::TenantSpec;
-use crate::relay::RelayOptions;
+use crate::relay::{InFlight, RelayOptions};
 use crate::{kafka, relay};
 
-/// Frames read from the relay and not yet decoded. A full queue stops the reader.
-const FRAME_QUEUE_CAPACITY: usize = 1024;
-/// Frames decoded and waiting for one tenant's thread.
-const TENANT_QUEUE_CAPACITY: usize = 256;
-/// Frames of one tenant whose messages are with librdkafka and whose delivery reports are still
-/// awaited.
-const DELIVERY_QUEUE_CAPACITY: usize = 16 * 1024;
+/// Batches of frames read from the relay and not yet decoded (a batch holds up to 128 frames). A
+/// full queue stops the reader.
+const FRAME_QUEUE_CAPACITY: usize = 16;
+/// Batches of decoded frames waiting for one tenant's thread.
+const TENANT_QUEUE_CAPACITY: usize = 16;
+/// Batches of one tenant's frames whose messages are with librdkafka and whose delivery reports
+/// are still awaited.
+const DELIVERY_QUEUE_CAPACITY: usize = 512;
 
 /// Compiles and configures one formatter per tenant, on a thread outside the async runtime, where
 /// the synchronous WASI implementation may block.
@@ -120,6 +121,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         kafka::topic::ensure_topic(&config, &topic, settings.topic_partitions, settings.topic_replication_factor).await?;
     }
     let producer = Arc::new(Producer::new(&config)?);
+    let topics = tenant_topics(&settings.tenants);
+    let warm = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        for topic in topics {
+            if let Err(error) = warm.warm_up(&topic, Duration::from_secs(10)) {
+                tracing::warn!(%topic, %error, "could not fetch the topic's metadata ahead of the first message");
+            }
+        }
+    })
+    .await
+    .context("failed to wait for the producer's metadata")?;
 
     let (fatal_sender, mut fatal_receiver) = mpsc::unbounded_channel::<Fatal>();
     let (acknowledged_sender, acknowledged) = watch::channel(start_cursor);
@@ -158,8 +170,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
 
     let last_seq = Arc::new(AtomicI64::new(start_cursor.unwrap_or(-1)));
+    let in_flight = InFlight::default();
     let pipeline = Pipeline {
         tenants: tenant_senders,
+        in_flight: in_flight.clone(),
         metrics: metrics.clone(),
         event_ids: EventIds::new(settings.instance_id),
         last_seq: last_seq.clone(),
@@ -176,7 +190,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         idle_timeout: settings.relay_idle_timeout,
         max_frame_bytes: settings.max_frame_bytes,
     };
-    let reader = tokio::spawn(relay::read_relay(relay_options, frame_sender, last_seq, metrics.clone(), cancel.clone()));
+    let reader = tokio::spawn(relay::read_relay(
+        relay_options,
+        frame_sender,
+        in_flight,
+        last_seq,
+        metrics.clone(),
+        cancel.clone(),
+    ));
 
     let failure = tokio::select! {
         signal = wait_for_shutdown_signal() => {

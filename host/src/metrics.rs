@@ -80,6 +80,8 @@ pub struct Metrics {
     pub seq_regressions: IntCounter,
     /// The acknowledged seq the cursor holds.
     pub cursor_seq: IntGauge,
+    /// From a frame's receipt to the acknowledgement of its last message, for frames with messages.
+    pub delivery_latency_seconds: prometheus::Histogram,
     collections: Mutex<HashSet<String>>,
 }
 
@@ -192,6 +194,21 @@ impl Metrics {
                     IntCounter::new("atkafka_seq_regressions", "Frames whose seq was not above the previous frame's")?;
                 registry.register(Box::new(counter.clone()))?;
                 counter
+            },
+            delivery_latency_seconds: {
+                let buckets = vec![
+                    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
+                    2.0, 5.0, 10.0,
+                ];
+                let histogram = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "atkafka_delivery_latency_seconds",
+                        "From a frame's receipt to the broker's acknowledgement of its last message, in seconds",
+                    )
+                    .buckets(buckets),
+                )?;
+                registry.register(Box::new(histogram.clone()))?;
+                histogram
             },
             cursor_seq: gauge(
                 &registry,

@@ -19,12 +19,14 @@ use crate::firehose::decode::{decode, DecodedFrame};
 use crate::firehose::event::Event;
 use crate::metrics::Metrics;
 use crate::ratelimit::LogLimiter;
-use crate::relay::RawFrame;
+use crate::relay::{InFlight, RawFrame};
 use crate::tenant::worker::FrameBatch;
 
 pub struct Pipeline {
     /// One queue per tenant, in tenant order.
-    pub tenants: Vec<mpsc::Sender<Arc<FrameBatch>>>,
+    pub tenants: Vec<mpsc::Sender<Vec<Arc<FrameBatch>>>>,
+    /// Frames read and not yet decoded, shared with the relay reader.
+    pub in_flight: InFlight,
     pub metrics: Arc<Metrics>,
     pub event_ids: EventIds,
     /// The last seq decoded, shared with the relay reader to resume after a reconnect. It starts
@@ -45,30 +47,33 @@ struct Logs {
 impl Pipeline {
     /// Processes frames until the relay side of the queue closes and the queue is empty, or a
     /// tenant stops.
-    pub fn run(mut self, mut frames: mpsc::Receiver<RawFrame>) {
+    pub fn run(mut self, mut frames: mpsc::Receiver<Vec<RawFrame>>) {
         let mut logs = Logs::default();
-        while let Some(raw) = frames.blocking_recv() {
-            self.metrics.frame_queue_depth.set(frames.len() as i64);
-            let decoded = decode(&raw.bytes);
-            self.record_frame(&decoded, &mut logs);
-            let mut events = Vec::with_capacity(decoded.events.len());
-            for event in decoded.events {
-                self.metrics.count_handled(event.action_name(), event.collection());
-                events.push((event, self.event_ids.next_id()));
+        while let Some(raw_frames) = frames.blocking_recv() {
+            let mut batches = Vec::with_capacity(raw_frames.len());
+            for raw in raw_frames {
+                batches.push(Arc::new(self.decode_frame(&raw, &mut logs)));
+                self.in_flight.done(1);
             }
-            let batch = Arc::new(FrameBatch {
-                seq: decoded.seq,
-                did: decoded.did,
-                events,
-                received_at_us: raw.received_at_us,
-            });
+            self.metrics.frame_queue_depth.set(self.in_flight.count() as i64);
             for tenant in &self.tenants {
-                if tenant.blocking_send(batch.clone()).is_err() {
+                if tenant.blocking_send(batches.clone()).is_err() {
                     tracing::info!("a tenant stopped; no further frames are decoded");
                     return;
                 }
             }
         }
+    }
+
+    fn decode_frame(&mut self, raw: &RawFrame, logs: &mut Logs) -> FrameBatch {
+        let decoded = decode(&raw.bytes);
+        self.record_frame(&decoded, logs);
+        let mut events = Vec::with_capacity(decoded.events.len());
+        for event in decoded.events {
+            self.metrics.count_handled(event.action_name(), event.collection());
+            events.push((event, self.event_ids.next_id()));
+        }
+        FrameBatch { seq: decoded.seq, did: decoded.did, events, received_at_us: raw.received_at_us }
     }
 
     fn record_frame(&mut self, decoded: &DecodedFrame, logs: &mut Logs) {

@@ -8,11 +8,11 @@
 //! decoded, so a reconnect neither loses nor repeats a frame. A frame above the size limit is
 //! counted and skipped without closing the connection.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -43,9 +43,13 @@ pub struct RelayOptions {
     pub max_frame_bytes: usize,
 }
 
+/// Frames handed to the decoder at once, at most. The reader sends what the socket has ready, up
+/// to this many, so that a busy stream costs one queue handoff per batch rather than per frame.
+const MAX_BATCH_FRAMES: usize = 128;
+
 /// One binary WebSocket message as the relay sent it.
 pub struct RawFrame {
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
     /// When the frame was read, in microseconds since the Unix epoch.
     pub received_at_us: u64,
 }
@@ -76,10 +80,29 @@ fn with_jitter(backoff: Duration) -> Duration {
     backoff + backoff.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
-/// Waits until the decoder has taken every queued frame, so that the last seq decoded is the last
+/// The frames read and not yet decoded. The reader adds a batch before sending it and the decoder
+/// subtracts each frame once decoded, so zero means the last seq decoded is the last seq received.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn add(&self, frames: usize) {
+        self.0.fetch_add(frames, Ordering::AcqRel);
+    }
+
+    pub fn done(&self, frames: usize) {
+        self.0.fetch_sub(frames, Ordering::AcqRel);
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Waits until the decoder has decoded every frame read, so that the last seq decoded is the last
 /// seq received.
-async fn wait_for_drain(frames: &mpsc::Sender<RawFrame>, cancel: &CancellationToken) {
-    while frames.capacity() < frames.max_capacity() && !frames.is_closed() && !cancel.is_cancelled() {
+async fn wait_for_drain(in_flight: &InFlight, frames: &mpsc::Sender<Vec<RawFrame>>, cancel: &CancellationToken) {
+    while in_flight.count() > 0 && !frames.is_closed() && !cancel.is_cancelled() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -89,7 +112,8 @@ async fn wait_for_drain(frames: &mpsc::Sender<RawFrame>, cancel: &CancellationTo
 /// frames after it.
 pub async fn read_relay(
     options: RelayOptions,
-    frames: mpsc::Sender<RawFrame>,
+    frames: mpsc::Sender<Vec<RawFrame>>,
+    in_flight: InFlight,
     resume_seq: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -111,17 +135,34 @@ pub async fn read_relay(
                 metrics.relay_connections.with_label_values(&["connected"]).inc();
                 tracing::info!(url = %request_url, "connected to the relay");
                 let mut received_any = false;
+                let mut batch: Vec<RawFrame> = Vec::with_capacity(MAX_BATCH_FRAMES);
                 let ended = loop {
-                    let message = tokio::select! {
-                        _ = cancel.cancelled() => {
-                            let _ = socket.close(None).await;
+                    // Wait for the first message of a batch, then take whatever else is ready.
+                    let message = if batch.is_empty() {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {
+                                let _ = socket.close(None).await;
+                                return;
+                            }
+                            message = tokio::time::timeout(options.idle_timeout, socket.next()) => match message {
+                                Ok(message) => Some(message),
+                                Err(_) => break ("idle_timeout", format!("no frame for {:?}", options.idle_timeout)),
+                            },
+                        }
+                    } else if batch.len() < MAX_BATCH_FRAMES {
+                        socket.next().now_or_never()
+                    } else {
+                        None
+                    };
+                    let Some(message) = message else {
+                        // Nothing more is ready: hand the batch over.
+                        in_flight.add(batch.len());
+                        metrics.frame_queue_depth.set(in_flight.count() as i64);
+                        if frames.send(std::mem::take(&mut batch)).await.is_err() {
+                            // The decoder has stopped; the host is shutting down.
                             return;
                         }
-                        message = tokio::time::timeout(options.idle_timeout, socket.next()) => message,
-                    };
-                    let message = match message {
-                        Ok(message) => message,
-                        Err(_) => break ("idle_timeout", format!("no frame for {:?}", options.idle_timeout)),
+                        continue;
                     };
                     match message {
                         Some(Ok(Message::Binary(bytes))) => {
@@ -141,12 +182,7 @@ pub async fn read_relay(
                                 }
                                 continue;
                             }
-                            let frame = RawFrame { bytes: bytes.to_vec(), received_at_us: now_us() };
-                            if frames.send(frame).await.is_err() {
-                                // The decoder has stopped; the host is shutting down.
-                                return;
-                            }
-                            metrics.frame_queue_depth.set((frames.max_capacity() - frames.capacity()) as i64);
+                            batch.push(RawFrame { bytes, received_at_us: now_us() });
                         }
                         Some(Ok(Message::Close(close))) => {
                             break ("closed", format!("the relay closed the connection: {close:?}"))
@@ -156,6 +192,13 @@ pub async fn read_relay(
                         None => break ("ended", "the connection ended".to_owned()),
                     }
                 };
+                // Frames read before the connection ended still go to the decoder.
+                if !batch.is_empty() {
+                    in_flight.add(batch.len());
+                    if frames.send(std::mem::take(&mut batch)).await.is_err() {
+                        return;
+                    }
+                }
                 ended
             }
             Err(error) => {
@@ -171,7 +214,7 @@ pub async fn read_relay(
             _ = tokio::time::sleep(delay) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        wait_for_drain(&frames, &cancel).await;
+        wait_for_drain(&in_flight, &frames, &cancel).await;
     }
 }
 

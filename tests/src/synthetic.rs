@@ -166,3 +166,103 @@ pub fn record_block(record: &serde_json::Value) -> (Cid, Vec<u8>) {
     let block = encode(&to_cbor(record).expect("the record is DAG-JSON"));
     (cid_of(&block), block)
 }
+
+/// A deterministic pseudo-random sequence (SplitMix64), so generated streams are reproducible.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
+}
+
+fn tid(random: &mut SplitMix) -> String {
+    const ALPHABET: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
+    (0..13).map(|_| ALPHABET[random.below(32) as usize] as char).collect()
+}
+
+/// A commit of one realistic record, with filler blocks standing for the MST nodes a real commit
+/// carries: likes, posts with facets, embeds and replies, follows, reposts, profile updates and
+/// deletes, from `dids` accounts, about 5 KB a frame on average as on the live relay. The seq is a
+/// 9-byte integer whenever it is at least 2^32, so [`patch_seq`] can rewrite it in place.
+pub fn realistic_commit(seq: i64, dids: u64, random: &mut SplitMix) -> Vec<u8> {
+    let did = format!("did:plc:{:024x}", random.below(dids));
+    let subject_did = format!("did:plc:{:024x}", random.below(dids));
+    let time = "2026-07-04T14:40:00.000Z";
+    let subject = json!({"uri": format!("at://{subject_did}/app.bsky.feed.post/{}", tid(random)), "cid": cid_of(&random.next_u64().to_le_bytes()).to_string()});
+    let kind = random.below(100);
+    let (collection, record) = match kind {
+        0..=44 => ("app.bsky.feed.like", Some(json!({"$type": "app.bsky.feed.like", "createdAt": time, "subject": subject}))),
+        45..=69 => {
+            let text: String = (0..(20 + random.below(250))).map(|i| if i % 6 == 5 { ' ' } else { 'a' }).collect();
+            let mut post = json!({
+                "$type": "app.bsky.feed.post",
+                "createdAt": time,
+                "langs": ["en"],
+                "text": text,
+                "facets": [{"index": {"byteStart": 0, "byteEnd": 5}, "features": [{"$type": "app.bsky.richtext.facet#link", "uri": "https://example.com/a"}]}],
+            });
+            if random.below(3) == 0 {
+                post["embed"] = json!({"$type": "app.bsky.embed.images", "images": [{"alt": "", "image": {"$type": "blob", "ref": {"$link": cid_of(&random.next_u64().to_le_bytes()).to_string()}, "mimeType": "image/jpeg", "size": 123_456}}]});
+            }
+            if random.below(3) == 0 {
+                post["reply"] = json!({"root": subject, "parent": subject});
+            }
+            ("app.bsky.feed.post", Some(post))
+        }
+        70..=79 => ("app.bsky.graph.follow", Some(json!({"$type": "app.bsky.graph.follow", "createdAt": time, "subject": subject_did}))),
+        80..=91 => ("app.bsky.feed.repost", Some(json!({"$type": "app.bsky.feed.repost", "createdAt": time, "subject": subject}))),
+        92..=94 => ("app.bsky.actor.profile", Some(json!({"$type": "app.bsky.actor.profile", "displayName": "Someone", "description": "A profile description of moderate length."}))),
+        _ => ("app.bsky.feed.like", None),
+    };
+    let rkey = if collection == "app.bsky.actor.profile" { "self".to_owned() } else { tid(random) };
+    let mut blocks = Vec::new();
+    let op = match &record {
+        Some(record) => {
+            let (cid, block) = record_block(record);
+            blocks.push((cid, block));
+            json!({"action": "create", "path": format!("{collection}/{rkey}"), "cid": {"$link": cid.to_string()}})
+        }
+        None => json!({"action": "delete", "path": format!("{collection}/{rkey}"), "cid": null}),
+    };
+    // MST nodes and the commit block: opaque here, but real blocks with real CIDs.
+    let filler_total = 2_000 + random.below(5_000) as usize;
+    for chunk in 0..(filler_total / 700) {
+        let bytes = encode(&ciborium::Value::Bytes((0..700).map(|i| (i as u64 ^ seq as u64 ^ chunk as u64) as u8).collect()));
+        blocks.push((cid_of(&bytes), bytes));
+    }
+    let root = blocks.first().map(|(cid, _)| *cid).unwrap_or_else(|| cid_of(b"root"));
+    let body = json!({
+        "seq": seq,
+        "rebase": false,
+        "tooBig": false,
+        "repo": did,
+        "commit": {"$link": root.to_string()},
+        "rev": tid(random),
+        "since": null,
+        "blocks": {"$bytes": base64::engine::general_purpose::STANDARD.encode(car(root, &blocks))},
+        "ops": [op],
+        "blobs": [],
+        "time": time,
+    });
+    message_frame("#commit", &to_cbor(&body).expect("the body is DAG-JSON"))
+}
+
+/// The offset of the 8 seq bytes in a frame whose seq is a 9-byte integer.
+pub fn seq_offset(frame: &[u8]) -> Option<usize> {
+    frame.windows(5).position(|window| window == b"\x63seq\x1b").map(|position| position + 5)
+}
+
+/// Rewrites, in place, the seq of a frame found at `offset` by [`seq_offset`].
+pub fn patch_seq(frame: &mut [u8], offset: usize, seq: i64) {
+    frame[offset..offset + 8].copy_from_slice(&(seq as u64).to_be_bytes());
+}

@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 pub struct FrameDeliveries {
     pub seq: Option<i64>,
     pub did: Option<String>,
+    /// When the frame was read from the relay, in microseconds since the Unix epoch.
+    pub received_at_us: u64,
     pub deliveries: Vec<(String, PendingDelivery)>,
 }
 
@@ -28,12 +30,27 @@ pub struct DeliveryTotals {
     pub failed: u64,
 }
 
+/// One tenant's queue of reports, which arrive in batches.
+struct TenantReports {
+    queue: mpsc::Receiver<Vec<FrameDeliveries>>,
+    buffered: std::collections::VecDeque<FrameDeliveries>,
+}
+
+impl TenantReports {
+    async fn next(&mut self) -> Option<FrameDeliveries> {
+        while self.buffered.is_empty() {
+            self.buffered.extend(self.queue.recv().await?);
+        }
+        self.buffered.pop_front()
+    }
+}
+
 /// Receives the next frame's reports from every tenant; `None` once any tenant's queue is closed
 /// and drained, because from then on no frame can be complete.
-async fn next_frame(tenants: &mut [mpsc::Receiver<FrameDeliveries>]) -> Option<Vec<FrameDeliveries>> {
+async fn next_frame(tenants: &mut [TenantReports]) -> Option<Vec<FrameDeliveries>> {
     let mut reports = Vec::with_capacity(tenants.len());
     for tenant in tenants.iter_mut() {
-        reports.push(tenant.recv().await?);
+        reports.push(tenant.next().await?);
     }
     Some(reports)
 }
@@ -42,17 +59,22 @@ async fn next_frame(tenants: &mut [mpsc::Receiver<FrameDeliveries>]) -> Option<V
 /// frame, in order), until a tenant's queue closes. Publishes the acknowledged seq on
 /// `acknowledged`, which starts at the cursor the host resumed from.
 pub async fn check_deliveries(
-    mut tenants: Vec<mpsc::Receiver<FrameDeliveries>>,
+    tenants: Vec<mpsc::Receiver<Vec<FrameDeliveries>>>,
     metrics: Arc<Metrics>,
     acknowledged: watch::Sender<Option<i64>>,
     fatal: FatalSender,
 ) -> DeliveryTotals {
+    let mut tenants: Vec<TenantReports> =
+        tenants.into_iter().map(|queue| TenantReports { queue, buffered: Default::default() }).collect();
     let mut totals = DeliveryTotals::default();
     let mut stalled = false;
     while let Some(reports) = next_frame(&mut tenants).await {
-        metrics.delivery_queue_depth.set(tenants.iter().map(|tenant| tenant.len()).max().unwrap_or(0) as i64);
+        let depth = tenants.iter().map(|tenant| tenant.buffered.len() + tenant.queue.len()).max().unwrap_or(0);
+        metrics.delivery_queue_depth.set(depth as i64);
         let seq = reports.first().and_then(|report| report.seq);
         let did = reports.first().and_then(|report| report.did.clone());
+        let received_at_us = reports.first().map(|report| report.received_at_us).unwrap_or(0);
+        let had_messages = reports.iter().any(|report| !report.deliveries.is_empty());
         let deliveries = reports.into_iter().flat_map(|report| report.deliveries);
         for (topic, delivery) in deliveries {
             let failure = match delivery.await {
@@ -78,6 +100,13 @@ pub async fn check_deliveries(
         }
         if stalled {
             continue;
+        }
+        if had_messages {
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_micros() as u64)
+                .unwrap_or(0);
+            metrics.delivery_latency_seconds.observe(now_us.saturating_sub(received_at_us) as f64 / 1e6);
         }
         if let Some(seq) = seq {
             let advanced = acknowledged.send_if_modified(|current| {

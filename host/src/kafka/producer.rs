@@ -29,7 +29,8 @@ pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -
         .set("bootstrap.servers", bootstrap_servers)
         .set("client.id", "atkafka-host")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "0");
+        .set("message.timeout.ms", "0")
+        .set("queue.buffering.max.kbytes", "32768");
     for (key, value) in properties {
         config.set(key, value);
     }
@@ -81,6 +82,12 @@ impl Producer {
                 Err((error, _)) => return Err(error),
             }
         }
+    }
+
+    /// Fetches the metadata of `topic` (its partitions and their leaders), so that the first
+    /// message to it need not wait for a metadata round trip. Blocks up to `timeout`.
+    pub fn warm_up(&self, topic: &str, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.client().fetch_metadata(Some(topic), timeout).map(|_| ())
     }
 
     /// Waits up to `timeout` for every queued message to be delivered or to fail.

@@ -84,17 +84,33 @@ impl TenantWorker {
         }
     }
 
-    /// Handles frames until the decoder closes the queue or the tenant must stop.
-    pub fn run(mut self, mut batches: mpsc::Receiver<Arc<FrameBatch>>, deliveries: mpsc::Sender<FrameDeliveries>) {
-        while let Some(batch) = batches.blocking_recv() {
+    /// Handles frames until the decoder closes the queue or the tenant must stop. Frames arrive and
+    /// leave in batches, one queue handoff per batch.
+    pub fn run(
+        mut self,
+        mut batches: mpsc::Receiver<Vec<Arc<FrameBatch>>>,
+        deliveries: mpsc::Sender<Vec<FrameDeliveries>>,
+    ) {
+        while let Some(frames) = batches.blocking_recv() {
             self.metrics.tenant_queue_depth.with_label_values(&[&self.name]).set(batches.len() as i64);
-            let mut frame = FrameDeliveries { seq: batch.seq, did: batch.did.clone(), deliveries: Vec::new() };
-            for (event, event_id) in &batch.events {
-                if let Flow::Stop = self.handle(event, *event_id, batch.received_at_us, &mut frame) {
-                    return;
+            let mut reports = Vec::with_capacity(frames.len());
+            for batch in frames {
+                let mut frame = FrameDeliveries {
+                    seq: batch.seq,
+                    did: batch.did.clone(),
+                    received_at_us: batch.received_at_us,
+                    deliveries: Vec::new(),
+                };
+                for (event, event_id) in &batch.events {
+                    if let Flow::Stop = self.handle(event, *event_id, batch.received_at_us, &mut frame) {
+                        // The frames before this one are complete and may still be reported.
+                        let _ = deliveries.blocking_send(reports);
+                        return;
+                    }
                 }
+                reports.push(frame);
             }
-            if deliveries.blocking_send(frame).is_err() {
+            if deliveries.blocking_send(reports).is_err() {
                 return;
             }
         }

@@ -1,0 +1,500 @@
+//! `make bench`: measures the whole path on this machine and prints a table of medians, also
+//! written to `target/bench/results.md`.
+//!
+//! 1. decode: frames/s of the decode path alone (frame to events with record JSON), in-process;
+//! 2. format: events/s of the standard formatter as a WebAssembly guest and natively, and their
+//!    ratio;
+//! 3. end to end: a loopback relay sends generated frames as fast as the host reads them, and the
+//!    host produces into a Tansu broker: frames/s, messages/s, CPU seconds per 1000 frames, peak
+//!    RSS (and the same on the real capture cycled with rewritten seqs);
+//! 4. the Kafka-side limit: a plain rdkafka producer sending the same messages with the same keys
+//!    and settings into the same broker, and the ratio of (3) to it;
+//! 5. latency at 2000 frames/s: p50 and p99 from frame receipt to acknowledgement;
+//! 6. memory: RSS after 100 000 and after 1 000 000 events;
+//! 7. start-up: from process start to the first acknowledged message, with compiled components
+//!    cached.
+//!
+//! Sizes can be lowered for a quick look with BENCH_FRAMES (end-to-end frames per run, default
+//! 200 000), BENCH_MEMORY_FRAMES (default 1 000 000) and BENCH_RUNS (default 3).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atkafka_host::firehose::decode::decode;
+use atkafka_host::firehose::event::Event;
+use atkafka_host::formatter::{Formatter, FormatterEngine, FormatterLimits, FormatterSource};
+use atkafka_integration_tests::broker::{free_port, Broker};
+use atkafka_integration_tests::fixtures::{fixtures_dir, read_capture};
+use atkafka_integration_tests::host::{http_get, metric_value, HostProcess};
+use atkafka_integration_tests::synthetic::{patch_seq, realistic_commit, seq_offset, SplitMix};
+use futures::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
+
+const FIRST_SEQ: i64 = 1 << 33;
+const POOL_FRAMES: usize = 20_000;
+const DIDS: u64 = 50_000;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Frames with patchable 9-byte seqs, and the offset of each seq.
+struct Pool {
+    frames: Vec<Vec<u8>>,
+    offsets: Vec<usize>,
+}
+
+impl Pool {
+    fn generated(count: usize) -> Pool {
+        let mut random = SplitMix(42);
+        let frames: Vec<Vec<u8>> =
+            (0..count).map(|index| realistic_commit(FIRST_SEQ + index as i64, DIDS, &mut random)).collect();
+        Pool::from_frames(frames)
+    }
+
+    fn from_frames(frames: Vec<Vec<u8>>) -> Pool {
+        let offsets = frames.iter().map(|frame| seq_offset(frame).expect("a 9-byte seq")).collect();
+        Pool { frames, offsets }
+    }
+
+    fn average_bytes(&self) -> usize {
+        self.frames.iter().map(Vec::len).sum::<usize>() / self.frames.len()
+    }
+}
+
+/// A loopback relay that sends `total` frames cycled from the pool with increasing seqs, as fast
+/// as the reader takes them or at `rate` frames a second.
+struct StreamRelay {
+    address: std::net::SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// When the host connected and the first frame went out.
+    started: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl StreamRelay {
+    fn start(pool: Arc<Pool>, total: usize, rate: Option<u32>) -> StreamRelay {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let address = listener.local_addr().unwrap();
+        let started_at = Arc::new(std::sync::Mutex::new(None));
+        let first_send = started_at.clone();
+        runtime.spawn(async move {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
+            let started = Instant::now();
+            *first_send.lock().unwrap() = Some(started);
+            for index in 0..total {
+                let slot = index % pool.frames.len();
+                let mut frame = pool.frames[slot].clone();
+                patch_seq(&mut frame, pool.offsets[slot], FIRST_SEQ + index as i64);
+                if socket.feed(Message::binary(frame)).await.is_err() {
+                    return;
+                }
+                if let Some(rate) = rate {
+                    let due = started + Duration::from_secs_f64((index + 1) as f64 / f64::from(rate));
+                    if socket.flush().await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                } else if index % 64 == 63 && socket.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = socket.flush().await;
+            while let Some(Ok(_)) = futures::StreamExt::next(&mut socket).await {}
+        });
+        StreamRelay { address, runtime: Some(runtime), started: started_at }
+    }
+}
+
+impl Drop for StreamRelay {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// CPU seconds (user and system) and peak and current RSS of a process, from /proc.
+fn process_usage(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |index: usize| fields.get(index).and_then(|value| value.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (ticks(11) + ticks(12)) / per_second;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (cpu, kib("VmHWM:") * 1024, kib("VmRSS:") * 1024)
+}
+
+struct HostRun {
+    frames_per_second: f64,
+    messages_per_second: f64,
+    cpu_per_1000_frames: f64,
+    peak_rss: u64,
+    rss_samples: Vec<(usize, u64)>,
+    metrics: String,
+}
+
+/// Runs the host binary against a stream relay until it acknowledged `total` frames.
+fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, rss_at: &[usize]) -> HostRun {
+    let topic = format!("bench-{}", free_port());
+    let relay = StreamRelay::start(pool, total, rate);
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--relay-host",
+        &format!("ws://{}", relay.address),
+        "--bootstrap-servers",
+        &broker.address,
+        "--output-topic",
+        &topic,
+        "--metrics-listen-address",
+        &metrics_address,
+        "--topic-partitions",
+        "4",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    let mut host = HostProcess::start(&args);
+    let last_seq = (FIRST_SEQ + total as i64 - 1) as f64;
+    let mut rss_samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let metrics = loop {
+        assert!(Instant::now() < deadline, "the host did not finish; log:\n{}", host.log());
+        let metrics = http_get(&metrics_address, "/metrics").unwrap_or_default();
+        let cursor = metric_value(&metrics, "atkafka_cursor_seq").unwrap_or(0.0);
+        let done_frames = (cursor - FIRST_SEQ as f64 + 1.0).max(0.0) as usize;
+        while rss_samples.len() < rss_at.len() && done_frames >= rss_at[rss_samples.len()] {
+            rss_samples.push((rss_at[rss_samples.len()], process_usage(host.pid()).2));
+        }
+        if cursor >= last_seq {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(if rate.is_some() { 200 } else { 20 }));
+    };
+    let elapsed = relay.started.lock().unwrap().expect("the host connected").elapsed().as_secs_f64();
+    let (cpu, peak_rss, _) = process_usage(host.pid());
+    let messages = metric_value(&metrics, "atkafka_produced_events{status=\"ok\"}").unwrap_or(0.0);
+    let _ = host.terminate(Duration::from_secs(60));
+    HostRun {
+        frames_per_second: total as f64 / elapsed,
+        messages_per_second: messages / elapsed,
+        cpu_per_1000_frames: cpu / total as f64 * 1000.0,
+        peak_rss,
+        rss_samples,
+        metrics,
+    }
+}
+
+/// A quantile from a Prometheus histogram exposition, interpolated within its bucket.
+fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&format!("{name}_bucket{{le=\""))?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map(|bucket| bucket.1).unwrap_or(0.0);
+    let target = total * quantile;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (bound, count) in buckets {
+        if count >= target {
+            if bound.is_infinite() {
+                return lower;
+            }
+            let share = if count > below { (target - below) / (count - below) } else { 0.0 };
+            return lower + (bound - lower) * share;
+        }
+        lower = bound;
+        below = count;
+    }
+    lower
+}
+
+/// The Kafka-side limit: the same standard messages, keyed by DID, sent with the host's producer
+/// settings by a plain rdkafka producer, its delivery reports awaited in order on another thread
+/// as the host does. Returns messages per second.
+fn kafka_limit(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize) -> f64 {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let topic = format!("limit-{}", free_port());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(broker.create_topic(&topic, 4));
+    let config = atkafka_host::kafka::producer::client_config(&broker.address, &[]);
+    let producer: FutureProducer = config.create().unwrap();
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(16 * 1024);
+    let checker = runtime.spawn(async move {
+        while let Some(delivery) = receiver.recv().await {
+            let delivery: rdkafka::producer::DeliveryFuture = delivery;
+            delivery.await.expect("a delivery report").expect("delivered");
+        }
+    });
+    let started = Instant::now();
+    for index in 0..total {
+        let (key, value) = &messages[index % messages.len()];
+        loop {
+            match producer.send_result(FutureRecord::to(&topic).key(key.as_bytes()).payload(value)) {
+                Ok(delivery) => {
+                    sender.blocking_send(delivery).unwrap();
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((error, _)) => panic!("the producer refused a message: {error}"),
+            }
+        }
+    }
+    drop(sender);
+    runtime.block_on(checker).unwrap();
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Latency of a plain rdkafka producer at `rate` messages a second, from send to acknowledgement:
+/// the broker's share of (5). Returns the p50 and p99 in seconds.
+fn kafka_latency(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize, rate: u32) -> (f64, f64) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let topic = format!("latency-{}", free_port());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(broker.create_topic(&topic, 4));
+    let overrides: Vec<(String, String)> = std::env::var("BENCH_PLAIN_PROPERTIES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('=').map(|(key, value)| (key.to_owned(), value.to_owned())))
+        .collect();
+    let config = atkafka_host::kafka::producer::client_config(&broker.address, &overrides);
+    let producer: FutureProducer = config.create().unwrap();
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<(Instant, rdkafka::producer::DeliveryFuture)>(1 << 16);
+    let checker = runtime.spawn(async move {
+        let mut latencies = Vec::new();
+        while let Some((sent, delivery)) = receiver.recv().await {
+            delivery.await.expect("a delivery report").expect("delivered");
+            latencies.push(sent.elapsed().as_secs_f64());
+        }
+        latencies
+    });
+    let started = Instant::now();
+    for index in 0..total {
+        let (key, value) = &messages[index % messages.len()];
+        let delivery = producer.send_result(FutureRecord::to(&topic).key(key.as_bytes()).payload(value)).ok().unwrap();
+        sender.blocking_send((Instant::now(), delivery)).unwrap();
+        let due = started + Duration::from_secs_f64((index + 1) as f64 / f64::from(rate));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    drop(sender);
+    let mut latencies = runtime.block_on(checker).unwrap();
+    latencies.sort_by(f64::total_cmp);
+    (latencies[latencies.len() / 2], latencies[latencies.len() * 99 / 100])
+}
+
+/// Time from process start to the first acknowledged message, with compiled components cached.
+fn startup(broker: &Broker, pool: Arc<Pool>) -> f64 {
+    let relay = StreamRelay::start(pool, 1000, None);
+    let topic = format!("startup-{}", free_port());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(broker.create_topic(&topic, 1));
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--relay-host",
+        &format!("ws://{}", relay.address),
+        "--bootstrap-servers",
+        &broker.address,
+        "--output-topic",
+        &topic,
+        "--metrics-listen-address",
+        &metrics_address,
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    let started = Instant::now();
+    let mut host = HostProcess::start(&args);
+    loop {
+        let metrics = http_get(&metrics_address, "/metrics").unwrap_or_default();
+        if metric_value(&metrics, "atkafka_produced_events{status=\"ok\"}").is_some_and(|count| count >= 1.0) {
+            let elapsed = started.elapsed().as_secs_f64();
+            let _ = host.terminate(Duration::from_secs(30));
+            return elapsed;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no message; log:\n{}", host.log());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().next().map(|line| line.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|cores| cores.get()).unwrap_or(1);
+    format!("{cpu}, {cores} cores, {} GiB", memory / (1024 * 1024))
+}
+
+fn main() -> anyhow::Result<()> {
+    let runs = env_number("BENCH_RUNS", 3).max(1);
+    let e2e_frames = env_number("BENCH_FRAMES", 200_000);
+    let memory_frames = env_number("BENCH_MEMORY_FRAMES", 1_000_000);
+    let mut report = String::new();
+    writeln!(report, "Machine: {}; atkafka-host {}; median of {runs} runs.\n", machine(), env!("CARGO_PKG_VERSION"))?;
+    writeln!(report, "| measure | result |\n|---|---|")?;
+    let mut row = |name: &str, value: String| {
+        println!("{name}: {value}");
+        writeln!(report, "| {name} | {value} |").unwrap();
+    };
+
+    eprintln!("generating {POOL_FRAMES} realistic frames");
+    let pool = Arc::new(Pool::generated(POOL_FRAMES));
+    row("generated stream", format!("{POOL_FRAMES} distinct commits cycled, {} bytes a frame on average, {DIDS} DIDs", pool.average_bytes()));
+
+    // 1. decode
+    let mut rates = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let mut count = 0;
+        for frame in &pool.frames {
+            count += decode(frame).events.len();
+        }
+        rates.push(pool.frames.len() as f64 / started.elapsed().as_secs_f64());
+        assert!(count > 0);
+    }
+    for frame in &pool.frames {
+        events.extend(decode(frame).events);
+    }
+    row("1. decode (frames/s, one core)", format!("{:.0}", median(&mut rates)));
+
+    // 2. format: guest against native
+    let engine = FormatterEngine::new(None)?;
+    let mut formatter = Formatter::new(&engine, &FormatterSource::Builtin("standard"), Vec::new(), FormatterLimits::default())?;
+    let (mut guest_rates, mut native_rates) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let started = Instant::now();
+        for (index, event) in events.iter().enumerate() {
+            formatter.format(event, index as u64, 0).expect("the standard formatter formats");
+        }
+        guest_rates.push(events.len() as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        for event in &events {
+            let mut value = Vec::with_capacity(512);
+            atkafka_host::standard_shape::write_standard(&mut value, event);
+            std::hint::black_box(value);
+        }
+        native_rates.push(events.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    let (guest, native) = (median(&mut guest_rates), median(&mut native_rates));
+    row("2. format, WASM guest (events/s)", format!("{guest:.0} ({:.2} µs an event)", 1e6 / guest));
+    row("2. format, native (events/s)", format!("{native:.0} ({:.2} µs an event)", 1e6 / native));
+    row("2. format, WASM / native", format!("{:.2}", guest / native));
+
+    eprintln!("starting the Tansu broker");
+    let broker = Broker::start();
+
+    // 3. end to end
+    let mut e2e = Vec::new();
+    for run in 0..runs {
+        eprintln!("end to end, run {}: {e2e_frames} frames", run + 1);
+        e2e.push(run_host(&broker, pool.clone(), e2e_frames, None, &[]));
+    }
+    let mut frames: Vec<f64> = e2e.iter().map(|run| run.frames_per_second).collect();
+    let mut messages: Vec<f64> = e2e.iter().map(|run| run.messages_per_second).collect();
+    let mut cpu: Vec<f64> = e2e.iter().map(|run| run.cpu_per_1000_frames).collect();
+    let mut rss: Vec<f64> = e2e.iter().map(|run| run.peak_rss as f64).collect();
+    let end_to_end = median(&mut messages);
+    row("3. end to end (frames/s)", format!("{:.0}", median(&mut frames)));
+    row("3. end to end (messages/s)", format!("{end_to_end:.0}"));
+    row("3. CPU seconds per 1000 frames", format!("{:.3}", median(&mut cpu)));
+    row("3. peak RSS", format!("{:.1} MB", median(&mut rss) / 1e6));
+
+    let capture_path = fixtures_dir().join("relay-capture/frames.bin.zst");
+    if capture_path.exists() {
+        let capture = read_capture(&capture_path)?;
+        let real = Arc::new(Pool::from_frames(capture.into_iter().filter(|frame| seq_offset(frame).is_some()).collect()));
+        eprintln!("end to end on the real capture, cycled: {e2e_frames} frames");
+        let run = run_host(&broker, real, e2e_frames, None, &[]);
+        row("3. end to end, real capture cycled (frames/s)", format!("{:.0}", run.frames_per_second));
+    }
+
+    // 4. the Kafka-side limit
+    let sample: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|event| {
+            let mut value = Vec::new();
+            atkafka_host::standard_shape::write_standard(&mut value, event);
+            (event.default_key().to_owned(), value)
+        })
+        .collect();
+    let mut limits = Vec::new();
+    for run in 0..runs {
+        eprintln!("plain producer, run {}: {e2e_frames} messages", run + 1);
+        limits.push(kafka_limit(&broker, &sample, e2e_frames));
+    }
+    let limit = median(&mut limits);
+    row("4. plain rdkafka producer (messages/s)", format!("{limit:.0}"));
+    row("4. end to end / plain producer", format!("{:.2}", end_to_end / limit));
+
+    // 5. latency at the live firehose's rate
+    eprintln!("latency at 2000 frames/s for 20 s");
+    let paced = run_host(&broker, pool.clone(), 40_000, Some(2000), &[]);
+    if std::env::var_os("BENCH_SHOW_LATENCY").is_some() {
+        for line in paced.metrics.lines().filter(|line| line.starts_with("atkafka_delivery_latency_seconds")) {
+            eprintln!("{line}");
+        }
+    }
+    let p50 = histogram_quantile(&paced.metrics, "atkafka_delivery_latency_seconds", 0.5);
+    let p99 = histogram_quantile(&paced.metrics, "atkafka_delivery_latency_seconds", 0.99);
+    row("5. latency at 2000 frames/s, p50", format!("{:.1} ms", p50 * 1e3));
+    row("5. latency at 2000 frames/s, p99", format!("{:.1} ms", p99 * 1e3));
+    let (plain_p50, plain_p99) = kafka_latency(&broker, &sample, 40_000, 2000);
+    row(
+        "5. plain producer at 2000 messages/s, p50 / p99",
+        format!("{:.1} ms / {:.1} ms", plain_p50 * 1e3, plain_p99 * 1e3),
+    );
+
+    // 6. memory over time
+    eprintln!("memory: {memory_frames} frames");
+    let checkpoints = [100_000.min(memory_frames), memory_frames];
+    let long = run_host(&broker, pool.clone(), memory_frames, None, &checkpoints);
+    for (events, bytes) in &long.rss_samples {
+        row(&format!("6. RSS after {events} events"), format!("{:.1} MB", *bytes as f64 / 1e6));
+    }
+    if let [(_, first), (_, last)] = long.rss_samples[..] {
+        row("6. RSS growth", format!("{:+.1} %", (last as f64 / first as f64 - 1.0) * 100.0));
+    }
+
+    // 7. start-up
+    let mut startups = Vec::new();
+    for _ in 0..runs {
+        startups.push(startup(&broker, pool.clone()));
+    }
+    row("7. start-up to first acknowledged message", format!("{:.0} ms", median(&mut startups) * 1e3));
+
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("results.md"), &report)?;
+    println!("\n{report}\nwritten to {}", out.join("results.md").display());
+    Ok(())
+}
