@@ -66,7 +66,7 @@ fn build_formatters(engine: &FormatterEngine, tenants: &[TenantSpec]) -> anyhow:
     })
 }
 
-/// Every topic the tenants write to by default: their output topics and dead-letter topics.
+/// Lists every topic the tenants write to by default: their output topics and dead-letter topics.
 fn tenant_topics(tenants: &[TenantSpec]) -> Vec<String> {
     let mut topics: Vec<String> = Vec::new();
     for tenant in tenants {
@@ -83,7 +83,7 @@ fn tenant_topics(tenants: &[TenantSpec]) -> Vec<String> {
     topics
 }
 
-/// The seq to resume after: `--cursor`, else the cursor file, else none (the live position).
+/// Returns the seq to resume after: `--cursor`, else the cursor file, else none (the live position).
 fn starting_cursor(settings: &Settings) -> anyhow::Result<Option<i64>> {
     if let Some(seq) = settings.cursor {
         tracing::info!(cursor = seq, "starting after the seq given by --cursor");

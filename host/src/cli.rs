@@ -133,7 +133,7 @@ pub struct FormatterArgs {
     pub formatter_memory_mib: u64,
 }
 
-/// Where compiled components are cached.
+/// The location of the cache of compiled components.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CacheArgs {
     /// Directory for compiled formatter components, so that a restart loads them in milliseconds
@@ -158,7 +158,7 @@ impl CacheArgs {
 }
 
 impl FormatterArgs {
-    /// The formatter these flags name, checking `--osprey-compatible` against `--formatter`.
+    /// Returns the formatter these flags name, checking `--osprey-compatible` against `--formatter`.
     pub fn source(&self) -> Result<FormatterSource, String> {
         match (self.osprey_compatible, self.formatter.as_deref()) {
             (true, Some(formatter)) if formatter != "osprey" => {

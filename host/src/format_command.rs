@@ -117,7 +117,7 @@ fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_micros() as u64).unwrap_or(0)
 }
 
-/// One message as a JSON line: the event index, topic, key, headers and value (as JSON when the
+/// Renders one message as a JSON line: the event index, topic, key, headers and value (as JSON when the
 /// value is JSON, as a string otherwise).
 fn render(index: usize, event: &Event, message: &Message) -> Value {
     let value = serde_json::from_slice(&message.value)

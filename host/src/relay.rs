@@ -33,7 +33,7 @@ pub const WEBSOCKET_MESSAGE_LIMIT: usize = 256 << 20;
 /// Causes of a reconnect, as metric labels.
 pub const RECONNECT_CAUSES: [&str; 5] = ["closed", "read_error", "idle_timeout", "ended", "connect_failed"];
 
-/// How the reader connects and when it gives up on a connection.
+/// The reader's connection settings.
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
     pub url: String,
@@ -107,7 +107,7 @@ async fn wait_for_drain(in_flight: &InFlight, frames: &mpsc::Sender<Vec<RawFrame
     }
 }
 
-/// Reads the relay until `cancel` fires, reconnecting after every failure. `resume_seq` holds the
+/// Reads the relay until `cancel` fires, reconnecting after every failure. `resume_seq` contains the
 /// last seq decoded (negative for none): the first connection and every reconnect ask for the
 /// frames after it.
 pub async fn read_relay(

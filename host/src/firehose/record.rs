@@ -18,7 +18,7 @@ use super::frame::parse_cid_link;
 /// instead of exhausting the stack.
 pub const RECORD_RECURSION_LIMIT: usize = 128;
 
-/// Why a record block could not be turned into JSON.
+/// The reason a record block could not be turned into JSON.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("record block is not valid CBOR: {0}")]

@@ -146,7 +146,7 @@ fn store_compiled(component: &Component, cache_dir: &Path, path: &Path) -> anyho
     Ok(())
 }
 
-/// The default cache of compiled components: `$XDG_CACHE_HOME/atkafka-host`, else
+/// Returns the default cache of compiled components: `$XDG_CACHE_HOME/atkafka-host`, else
 /// `$HOME/.cache/atkafka-host`; none when neither variable is set.
 pub fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -156,7 +156,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("atkafka-host"))
 }
 
-/// The number of epoch ticks that covers `timeout`, rounded up, plus one so that a call starting
+/// Returns the number of epoch ticks that covers `timeout`, rounded up, plus one so that a call starting
 /// just before a tick still gets its full time.
 pub fn deadline_ticks(timeout: Duration) -> u64 {
     let tick = EPOCH_TICK.as_micros();

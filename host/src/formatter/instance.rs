@@ -63,7 +63,7 @@ pub struct Message {
     pub topic: Option<String>,
 }
 
-/// Why a formatter produced nothing for an event.
+/// The reason a formatter produced nothing for an event.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("formatter returned an error: {0}")]
@@ -79,7 +79,7 @@ pub enum FormatError {
 }
 
 impl FormatError {
-    /// The kind as a metric label.
+    /// Returns the kind as a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
             FormatError::Guest(_) => "error",
@@ -177,7 +177,7 @@ impl Formatter {
 
     /// Formats one event. On any failure the instance is dropped and rebuilt on the next call. A
     /// call that runs past its deadline is tried once more on a fresh instance, so that a pause
-    /// of the guest's own (a garbage collection, say) is told apart from a runaway guest.
+    /// of the guest's own (a garbage collection, say) is distinguished from a runaway guest.
     pub fn format(&mut self, event: &Event, event_id: u64, received_at_us: u64) -> Result<Vec<Message>, FormatError> {
         let wit_event = to_wit(event);
         let context = wit::Context { event_id, received_at_us };
@@ -237,7 +237,7 @@ impl Formatter {
         FormatError::Trap(error.root_cause().to_string().replace('\n', " "))
     }
 
-    /// The highest linear memory any instance reached, in bytes.
+    /// Returns the highest linear memory any instance reached, in bytes.
     pub fn peak_memory_bytes(&self) -> usize {
         self.peak_memory_bytes
     }

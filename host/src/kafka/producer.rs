@@ -20,9 +20,11 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 /// `bootstrap.servers`.
 ///
 /// `message.timeout.ms=0` makes librdkafka retry a message until the broker takes it, however
-/// long the broker is away, keeping the order of each partition; the full local queue then holds
-/// the host back. A user who sets a finite timeout turns a long outage into a delivery failure,
-/// which stops the host (see `delivery`).
+/// long the broker is away, keeping the order of each partition. The full local queue then makes
+/// the host wait. A user who sets a finite timeout turns a long outage into a delivery failure,
+/// which stops the host (see `delivery`). The local queue is capped at 16 MiB
+/// (`queue.buffering.max.kbytes`; librdkafka's own default is 1 GiB), which bounds the host's
+/// memory while the broker is slow.
 pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -30,7 +32,7 @@ pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -
         .set("client.id", "atkafka-host")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "0")
-        .set("queue.buffering.max.kbytes", "32768");
+        .set("queue.buffering.max.kbytes", "16384");
     for (key, value) in properties {
         config.set(key, value);
     }

@@ -43,7 +43,7 @@ impl CollectionPattern {
     }
 }
 
-/// Which events a tenant receives. An empty list selects everything for that dimension, except
+/// The selection of events a tenant receives. An empty list selects everything for that dimension, except
 /// that a collection list without a kind list selects record operations only.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {

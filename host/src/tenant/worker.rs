@@ -53,7 +53,7 @@ enum Flow {
     Stop,
 }
 
-/// Why a message did not reach librdkafka.
+/// The reason a message did not reach librdkafka.
 enum SendError {
     /// Larger than the producer's `message.max.bytes`: the event's fault, handled by the tenant's
     /// error policy.
@@ -237,7 +237,7 @@ impl TenantWorker {
     }
 }
 
-/// The dead-letter message of an event: the event in the standard shape, with headers naming the
+/// Builds the dead-letter message of an event: the event in the standard shape, with headers naming the
 /// tenant, the error kind and message, the DID and the seq.
 fn dead_letter(tenant: &str, event: &Event, kind: &str, error: &str) -> Message {
     let mut value = Vec::with_capacity(512);
