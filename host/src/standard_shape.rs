@@ -4,7 +4,7 @@
 
 use atkafka_shape::EventView;
 
-use crate::firehose::event::{Action, Event};
+use crate::firehose::event::Event;
 
 /// Borrows a host event as the shape crate's view.
 pub fn view(event: &Event) -> EventView<'_> {
@@ -12,11 +12,7 @@ pub fn view(event: &Event) -> EventView<'_> {
         Event::Operation(op) => EventView::Operation {
             did: &op.did,
             time: &op.time,
-            action: match op.action {
-                Action::Create => atkafka_shape::Action::Create,
-                Action::Update => atkafka_shape::Action::Update,
-                Action::Delete => atkafka_shape::Action::Delete,
-            },
+            action: op.action,
             collection: &op.collection,
             rkey: &op.rkey,
             cid: op.cid.as_deref(),

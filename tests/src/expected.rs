@@ -27,6 +27,23 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A summary of `did` with every other field empty, to fill in with `..`.
+    pub fn empty(did: String) -> Summary {
+        Summary {
+            did,
+            kind: String::new(),
+            collection: String::new(),
+            rkey: String::new(),
+            cid: None,
+            record: None,
+            seq: None,
+            handle: None,
+            active: None,
+            status: None,
+            rev: None,
+        }
+    }
+
     fn key(&self) -> String {
         format!("{} {} {}/{} {:?} {:?}", self.did, self.kind, self.collection, self.rkey, self.cid, self.seq)
     }
@@ -47,19 +64,7 @@ fn non_null(value: &Value, pointer: &str) -> Option<Value> {
 /// Reduces one line of Jetstream's output.
 pub fn from_jetstream(event: &Value) -> Result<Summary, String> {
     let did = required(event, "/did")?;
-    let empty = Summary {
-        did,
-        kind: String::new(),
-        collection: String::new(),
-        rkey: String::new(),
-        cid: None,
-        record: None,
-        seq: None,
-        handle: None,
-        active: None,
-        status: None,
-        rev: None,
-    };
+    let empty = Summary::empty(did);
     match event.get("kind").and_then(Value::as_str) {
         Some("commit") => Ok(Summary {
             kind: required(event, "/commit/operation")?,
@@ -92,19 +97,7 @@ pub fn from_standard(message: &Value) -> Result<Summary, String> {
     if message.get("timestamp").and_then(Value::as_str).is_none() {
         return Err(format!("`timestamp` missing in {message}"));
     }
-    let empty = Summary {
-        did: did.clone(),
-        kind: String::new(),
-        collection: String::new(),
-        rkey: String::new(),
-        cid: None,
-        record: None,
-        seq: None,
-        handle: None,
-        active: None,
-        status: None,
-        rev: None,
-    };
+    let empty = Summary::empty(did.clone());
     if let Some(operation) = message.get("operation") {
         let collection = required(operation, "/collection")?;
         let rkey = required(operation, "/rkey")?;

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 
+use crate::host::unique;
+
 /// How long the PLC directory and the PDS may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the session script may take. It takes about 6 s on a two-core machine, 3 s of which
@@ -190,11 +192,6 @@ impl Drop for Pds {
     }
 }
 
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
 
 /// One account of the session, with its handle at the end of the session.
 #[derive(Debug, Clone)]

@@ -29,19 +29,7 @@ fn text(value: &Value, key: &str) -> Option<String> {
 /// The events one scenario frame must produce, read from the frame's own DAG-JSON.
 fn expected_events(message_type: &str, body: &Value) -> Vec<Summary> {
     let did = text(body, "did").or_else(|| text(body, "repo")).expect("a DID");
-    let empty = Summary {
-        did,
-        kind: String::new(),
-        collection: String::new(),
-        rkey: String::new(),
-        cid: None,
-        record: None,
-        seq: None,
-        handle: None,
-        active: None,
-        status: None,
-        rev: None,
-    };
+    let empty = Summary::empty(did);
     let seq = body["seq"].as_i64();
     match message_type {
         "#identity" => vec![Summary { kind: "identity".to_owned(), seq, handle: text(body, "handle"), ..empty }],

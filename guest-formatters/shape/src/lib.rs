@@ -19,6 +19,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// Parses an operation's action as the firehose spells it.
+    pub fn parse(action: &str) -> Option<Action> {
+        match action {
+            "create" => Some(Action::Create),
+            "update" => Some(Action::Update),
+            "delete" => Some(Action::Delete),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Create => "create",

@@ -3,31 +3,8 @@
 
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Create,
-    Update,
-    Delete,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Create => "create",
-            Action::Update => "update",
-            Action::Delete => "delete",
-        }
-    }
-
-    pub fn parse(action: &str) -> Option<Action> {
-        match action {
-            "create" => Some(Action::Create),
-            "update" => Some(Action::Update),
-            "delete" => Some(Action::Delete),
-            _ => None,
-        }
-    }
-}
+/// What a commit did to one record; the same type the standard shape renders.
+pub use atkafka_shape::Action;
 
 /// One record operation of a commit. Operations of one commit share the DID, rev and time.
 #[derive(Clone, Debug)]

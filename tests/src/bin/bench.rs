@@ -149,26 +149,23 @@ struct HostRun {
     metrics: String,
 }
 
+/// The host flags for a run against `relay` and `broker`, producing to `topic`.
+fn host_args(relay: &StreamRelay, broker: &Broker, topic: &str, metrics_address: &str) -> Vec<String> {
+    let relay_url = format!("ws://{}", relay.address);
+    ["--relay-host", &relay_url, "--bootstrap-servers", &broker.address, "--output-topic", topic]
+        .into_iter()
+        .chain(["--metrics-listen-address", metrics_address])
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Runs the host binary against a stream relay until it acknowledged `total` frames.
 fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, rss_at: &[usize]) -> HostRun {
     let topic = format!("bench-{}", free_port());
     let relay = StreamRelay::start(pool, total, rate);
     let metrics_address = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
-        "--relay-host",
-        &format!("ws://{}", relay.address),
-        "--bootstrap-servers",
-        &broker.address,
-        "--output-topic",
-        &topic,
-        "--metrics-listen-address",
-        &metrics_address,
-        "--topic-partitions",
-        "4",
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect();
+    let mut args = host_args(&relay, broker, &topic, &metrics_address);
+    args.extend(["--topic-partitions".to_owned(), "4".to_owned()]);
     let mut host = HostProcess::start(&args);
     let last_seq = (FIRST_SEQ + total as i64 - 1) as f64;
     let mut rss_samples = Vec::new();
@@ -314,19 +311,7 @@ fn startup(broker: &Broker, pool: Arc<Pool>) -> f64 {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(broker.create_topic(&topic, 1));
     let metrics_address = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
-        "--relay-host",
-        &format!("ws://{}", relay.address),
-        "--bootstrap-servers",
-        &broker.address,
-        "--output-topic",
-        &topic,
-        "--metrics-listen-address",
-        &metrics_address,
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect();
+    let args = host_args(&relay, broker, &topic, &metrics_address);
     let started = Instant::now();
     let mut host = HostProcess::start(&args);
     let mut first_scrape = None;
