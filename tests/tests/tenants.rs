@@ -42,6 +42,12 @@ fn hostile_tenants_are_contained_while_a_good_tenant_delivers_everything() {
     config += &hostile_tenant("trap", "trap", "quarantine_after_failures = 5\nquarantine_secs = 600");
     config += &hostile_tenant("oversized", "oversized", "on_error = \"dead-letter\"\ndead_letter_topic = \"dead\"\nquarantine_after_failures = 0");
     config += &hostile_tenant("many", "many", "quarantine_after_failures = 0");
+    // Within the tenant's own limit, but above librdkafka's default message.max.bytes (1000000).
+    config += &hostile_tenant(
+        "too-big-for-kafka",
+        "oversized",
+        "on_error = \"dead-letter\"\ndead_letter_topic = \"dead-kafka\"\nquarantine_after_failures = 0\nlimits = { max_message_bytes = 4194304 }",
+    );
     config += &hostile_tenant("read-file", "read-file", "quarantine_after_failures = 0");
     config += &hostile_tenant("environment", "environment", "quarantine_after_failures = 0");
     config += &hostile_tenant("socket", "socket", "quarantine_after_failures = 0");
@@ -73,8 +79,17 @@ fn hostile_tenants_are_contained_while_a_good_tenant_delivers_everything() {
         assert_eq!(header("atkafka-did").as_deref(), event["did"].as_str());
     }
 
+    // The message librdkafka refused as too large went through the tenant's policy, not lost.
+    let refused = consume(&bench.broker.address, "dead-kafka", stream.expected.len(), Duration::from_secs(30), Duration::from_secs(1));
+    assert_eq!(refused.len(), stream.expected.len(), "dead letters of messages above message.max.bytes");
+    let error = refused[0].headers.iter().find(|(key, _)| key == "atkafka-error").map(|(_, value)| String::from_utf8_lossy(value).into_owned());
+    assert!(
+        error.as_deref().is_some_and(|error| error.contains("message.max.bytes") && error.contains("2097")),
+        "the error names the size and the limit: {error:?}"
+    );
+
     // No hostile tenant produced anything, least of all a leak.
-    for topic in ["loop", "memory", "trap", "oversized", "many", "read-file", "environment", "socket"] {
+    for topic in ["loop", "memory", "trap", "oversized", "many", "read-file", "environment", "socket", "too-big-for-kafka"] {
         let records = consume(&bench.broker.address, topic, 1, Duration::from_secs(2), Duration::ZERO);
         assert!(records.is_empty(), "tenant {topic} produced {} messages", records.len());
     }
