@@ -240,3 +240,15 @@ fn records_of_unknown_collections_and_types_pass_through_untouched() {
     assert_eq!(op.collection, "com.example.unheardOf");
     assert_eq!(serde_json::from_str::<Value>(op.record.as_deref().unwrap()).unwrap(), record);
 }
+
+#[test]
+fn container_announcing_more_items_than_bytes_is_undecodable() {
+    // Found by fuzzing: a map announcing 2^63 entries made the item count overflow.
+    for header in [&[0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0][..], &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]] {
+        let mut record = vec![0xa1, 0x61, b'v'];
+        record.extend_from_slice(header);
+        let (cid, block) = raw_record(record);
+        let decoded = commit_with_block(cid, block);
+        assert_eq!(skipped_reasons(&decoded), vec![SkipReason::RecordUndecodable], "{header:x?}");
+    }
+}

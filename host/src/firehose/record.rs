@@ -64,6 +64,11 @@ fn check_structure(block: &[u8]) -> Result<(), RecordError> {
                 decoder.read_exact(&mut scratch).map_err(|error| malformed(format!("{error:?}")))?;
                 0
             }
+            // Every item takes at least one byte, so a count above the block's size is malformed
+            // (and doubling it for a map's keys and values could overflow).
+            Header::Array(Some(length)) | Header::Map(Some(length)) if length > block.len() => {
+                return Err(malformed(format!("{length} items announced in a block of {} bytes", block.len())));
+            }
             Header::Array(Some(length)) => length as u64,
             Header::Map(Some(length)) => 2 * length as u64,
             Header::Bytes(None) | Header::Text(None) | Header::Array(None) | Header::Map(None) => {
