@@ -60,16 +60,7 @@ impl HostProcess {
 
     /// Waits up to `timeout` for the host to exit; `None` if it is still running.
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_child(&mut self.child, timeout)
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -92,7 +83,21 @@ impl Drop for HostProcess {
     }
 }
 
-/// A number unique within this test process, for naming temporary files.
+/// Waits up to `timeout` for `child` to exit; `None` if it is still running.
+pub fn wait_for_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Returns a number unique within this test process, for naming temporary files.
 pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 
-use crate::host::unique;
+use crate::host::{unique, wait_for_child};
 
 /// How long the PLC directory and the PDS may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -166,16 +166,7 @@ impl Pds {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_child(&mut self.child, timeout)
     }
 }
 
