@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The fixtures folder: `$ATKAFKA_FIXTURES`, or `shared/fixtures` beside the repository.
+/// Returns the fixtures folder: `$ATKAFKA_FIXTURES`, or `shared/fixtures` beside the repository.
 pub fn fixtures_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ATKAFKA_FIXTURES") {
         return PathBuf::from(dir);
@@ -66,7 +66,7 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     text.lines().filter(|line| !line.trim().is_empty()).map(|line| Ok(serde_json::from_str(line)?)).collect()
 }
 
-/// A guest component built by `make guests`, such as `atkafka_formatter_hostile`.
+/// Returns the path of a guest component built by `make guests`, such as `atkafka_formatter_hostile`.
 pub fn built_guest(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/guest-build/wasm32-wasip2/guest")
@@ -75,7 +75,7 @@ pub fn built_guest(name: &str) -> PathBuf {
     path
 }
 
-/// An example formatter built by `make examples`, such as `posts-python`.
+/// Returns the path of an example formatter built by `make examples`, such as `posts-python`.
 pub fn built_example(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/examples").join(format!("{name}.wasm"));
     assert!(path.exists(), "{} is missing: run `make examples`", path.display());

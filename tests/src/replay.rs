@@ -24,12 +24,12 @@ pub struct ReplayOptions {
     pub frame_interval: Option<std::time::Duration>,
     /// Close the connection right after sending an error frame (`op` = -1), as a relay does.
     pub close_after_error_frames: bool,
-    /// Answer a request whose cursor is above this seq with a `FutureCursor` error frame and
+    /// Reply to a request whose cursor is above this seq with a `FutureCursor` error frame and
     /// close, as a relay does when asked for a seq it has not reached.
     pub head_seq: Option<i64>,
 }
 
-/// Whether a frame is an error frame (header `op` = -1).
+/// Reports whether a frame is an error frame (header `op` = -1).
 fn is_error_frame(frame: &[u8]) -> bool {
     let mut rest = frame;
     let header: Result<ciborium::Value, _> = ciborium::de::from_reader(&mut rest);
@@ -45,12 +45,12 @@ pub struct ReplayRelay {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// The seq of a frame, read with the host's own decoder; `None` for frames without one.
+/// Returns the seq of a frame, read with the host's own decoder; `None` for frames without one.
 fn frame_seq(frame: &[u8]) -> Option<i64> {
     atkafka_host::firehose::frame::decode_frame(frame).ok().and_then(|frame| frame.seq())
 }
 
-/// The index of the first frame to send for a request with `cursor`.
+/// Returns the index of the first frame to send for a request with `cursor`.
 fn start_index(seqs: &[Option<i64>], cursor: Option<i64>) -> usize {
     match cursor {
         None => 0,
@@ -131,12 +131,12 @@ impl ReplayRelay {
         Ok(ReplayRelay { address, requests, runtime: Some(runtime) })
     }
 
-    /// The value for `--relay-host`.
+    /// Returns the value for `--relay-host`.
     pub fn url(&self) -> String {
         format!("ws://{}", self.address)
     }
 
-    /// The request URIs received so far, such as `/xrpc/com.atproto.sync.subscribeRepos?cursor=5`.
+    /// Returns the request URIs received so far, such as `/xrpc/com.atproto.sync.subscribeRepos?cursor=5`.
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }

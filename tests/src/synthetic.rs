@@ -1,7 +1,7 @@
 //! Generated firehose frames: valid `#commit` frames with real CIDs and a CAR of their blocks,
 //! for tests and benchmarks that need more events than the recorded capture holds.
 //!
-//! Every generated record has a distinct rkey, so each event can be told apart on the topic.
+//! Every generated record has a distinct rkey, so each event can be identified on the topic.
 
 use base64::Engine as _;
 use cid::Cid;
@@ -15,7 +15,7 @@ use crate::expected::Summary;
 const DAG_CBOR: u64 = 0x71;
 const SHA2_256: u64 = 0x12;
 
-/// The CID (v1, DAG-CBOR, SHA-256) of a block.
+/// Computes the CID (v1, DAG-CBOR, SHA-256) of a block.
 pub fn cid_of(block: &[u8]) -> Cid {
     let digest = Sha256::digest(block);
     let hash = cid::multihash::Multihash::<64>::wrap(SHA2_256, &digest).expect("a 32-byte digest fits");
@@ -40,7 +40,7 @@ pub struct GeneratedCommit {
     pub summary: Summary,
 }
 
-/// A `#commit` frame creating one `app.bsky.feed.post` record, with a DID picked from `dids`
+/// Builds a `#commit` frame creating one `app.bsky.feed.post` record, with a DID picked from `dids`
 /// accounts and an rkey unique to `seq`.
 pub fn post_commit(seq: i64, dids: usize) -> GeneratedCommit {
     let did = format!("did:plc:synthetic{:04}", seq.rem_euclid(dids.max(1) as i64));
@@ -113,12 +113,12 @@ pub fn with_seq(frame: &[u8], seq: i64) -> Vec<u8> {
     out
 }
 
-/// An `#info` frame.
+/// Builds an `#info` frame.
 pub fn info_frame(name: &str, message: &str) -> Vec<u8> {
     message_frame("#info", &to_cbor(&json!({"name": name, "message": message})).expect("DAG-JSON"))
 }
 
-/// An error frame (`op` = -1).
+/// Builds an error frame (`op` = -1).
 pub fn error_frame(error: &str, message: &str) -> Vec<u8> {
     let header = to_cbor(&json!({"op": -1})).expect("DAG-JSON");
     let mut frame = encode(&header);
@@ -134,7 +134,7 @@ pub struct Op<'a> {
     pub cid: Option<Cid>,
 }
 
-/// A `#commit` frame with the given operations and CAR bytes (`None` leaves `blocks` out).
+/// Builds a `#commit` frame with the given operations and CAR bytes (`None` leaves `blocks` out).
 pub fn commit_frame(seq: i64, did: &str, ops: &[Op<'_>], blocks: Option<Vec<u8>>, too_big: bool) -> Vec<u8> {
     let ops: Vec<serde_json::Value> = ops
         .iter()
@@ -161,7 +161,7 @@ pub fn commit_frame(seq: i64, did: &str, ops: &[Op<'_>], blocks: Option<Vec<u8>>
     message_frame("#commit", &to_cbor(&body).expect("the body is DAG-JSON"))
 }
 
-/// A record block from DAG-JSON, with its CID.
+/// Encodes a record block from DAG-JSON and returns it with its CID.
 pub fn record_block(record: &serde_json::Value) -> (Cid, Vec<u8>) {
     let block = encode(&to_cbor(record).expect("the record is DAG-JSON"));
     (cid_of(&block), block)
@@ -179,7 +179,7 @@ impl SplitMix {
         z ^ (z >> 31)
     }
 
-    /// A number in `0..bound`.
+    /// Returns a number in `0..bound`.
     pub fn below(&mut self, bound: u64) -> u64 {
         self.next_u64() % bound.max(1)
     }
@@ -190,7 +190,7 @@ fn tid(random: &mut SplitMix) -> String {
     (0..13).map(|_| ALPHABET[random.below(32) as usize] as char).collect()
 }
 
-/// A commit of one realistic record, with filler blocks standing for the MST nodes a real commit
+/// Builds a commit of one realistic record, with filler blocks standing for the MST nodes a real commit
 /// carries: likes, posts with facets, embeds and replies, follows, reposts, profile updates and
 /// deletes, from `dids` accounts, about 5 KB a frame on average as on the live relay. The seq is a
 /// 9-byte integer whenever it is at least 2^32, so [`patch_seq`] can rewrite it in place.
@@ -257,7 +257,7 @@ pub fn realistic_commit(seq: i64, dids: u64, random: &mut SplitMix) -> Vec<u8> {
     message_frame("#commit", &to_cbor(&body).expect("the body is DAG-JSON"))
 }
 
-/// The offset of the 8 seq bytes in a frame whose seq is a 9-byte integer.
+/// Finds the offset of the 8 seq bytes in a frame whose seq is a 9-byte integer.
 pub fn seq_offset(frame: &[u8]) -> Option<usize> {
     frame.windows(5).position(|window| window == b"\x63seq\x1b").map(|position| position + 5)
 }

@@ -33,7 +33,7 @@ fn operation_paths(decoded: &DecodedFrame) -> Vec<String> {
         .collect()
 }
 
-/// A raw record block (any bytes) under its real CID.
+/// Returns a raw record block (any bytes) with its real CID.
 fn raw_record(bytes: Vec<u8>) -> (cid::Cid, Vec<u8>) {
     (cid_of(&bytes), bytes)
 }
@@ -130,7 +130,8 @@ fn error_frames_and_outdated_cursor_info_are_recognised() {
     for name in ["FutureCursor", "ConsumerTooSlow"] {
         let decoded = decode(&error_frame(name, "message"));
         assert_eq!(decoded.error.as_ref().map(|error| error.error.as_str()), Some(name));
-        assert!(decoded.events.is_empty() && decoded.skipped_frame.is_none());
+        assert!(decoded.events.is_empty(), "{name}: no events");
+        assert!(decoded.skipped_frame.is_none(), "{name}: not skipped");
     }
     let decoded = decode(&info_frame("OutdatedCursor", "requested cursor exceeded limit"));
     let message = render_standard(&decoded.events[0]);

@@ -73,7 +73,7 @@ fn parse(record: &Record) -> Value {
         .unwrap_or_else(|error| panic!("message is not JSON ({error}): {}", String::from_utf8_lossy(&record.value)))
 }
 
-/// Every message is keyed by its DID, and one DID's messages stay on one partition in order.
+/// Checks that every message is keyed by its DID and that one DID's messages stay on one partition.
 fn check_keys_and_order(run: &Run, standard_events: &[Value]) {
     let mut partitions_of_did: HashMap<String, HashSet<i32>> = HashMap::new();
     for (record, event) in run.records.iter().zip(standard_events) {
@@ -145,14 +145,16 @@ fn osprey_formatter_wraps_every_capture_event() {
         let action_id = data["action_id"].as_u64().expect("action_id is an unsigned integer");
         assert!(action_ids.insert(action_id), "action_id {action_id} repeats");
         let id_time = UNIX_EPOCH + Duration::from_millis((action_id >> 22) + 1_420_070_400_000);
-        assert!(id_time >= earliest && id_time <= latest, "action_id {action_id} decodes to {id_time:?}");
+        assert!(id_time >= earliest, "action_id {action_id} decodes to {id_time:?}, before the run");
+        assert!(id_time <= latest, "action_id {action_id} decodes to {id_time:?}, after the run");
 
         assert_eq!(data["timestamp"], event["timestamp"], "envelope timestamp is the event's");
         assert_eq!(data["secret_data"], serde_json::json!({}));
         assert_eq!(data["encoding"], "UTF8");
         let send_time = envelope["send_time"].as_str().expect("send_time");
         let send_time = humantime::parse_rfc3339(send_time).unwrap_or_else(|error| panic!("send_time {send_time}: {error}"));
-        assert!(send_time >= earliest && send_time <= latest, "send_time {send_time:?}");
+        assert!(send_time >= earliest, "send_time {send_time:?} is before the run");
+        assert!(send_time <= latest, "send_time {send_time:?} is after the run");
         inner.push(event.clone());
     }
     let actual: Vec<Summary> = inner.iter().map(|event| from_standard(event).unwrap()).collect();

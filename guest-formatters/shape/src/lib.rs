@@ -10,7 +10,7 @@ use std::io::Write;
 #[cfg(feature = "guest")]
 pub mod guest;
 
-/// What a commit did to one record.
+/// The action of a record operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Create,
@@ -77,7 +77,7 @@ pub enum EventView<'a> {
 }
 
 impl EventView<'_> {
-    /// The event's time as the relay sent it; info events have none.
+    /// Returns the event's time as the relay sent it; info events have none.
     pub fn time(&self) -> Option<&str> {
         match self {
             EventView::Operation { time, .. }
@@ -88,7 +88,7 @@ impl EventView<'_> {
         }
     }
 
-    /// The Osprey action name: `operation#create`, `operation#update`, `operation#delete`,
+    /// Returns the Osprey action name: `operation#create`, `operation#update`, `operation#delete`,
     /// `account`, `identity`, `sync` or `info`.
     pub fn action_name(&self) -> &'static str {
         match self {

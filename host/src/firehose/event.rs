@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-/// What a commit did to one record; the same type the standard shape renders.
+/// The action of a record operation, the same type the standard shape renders.
 pub use atkafka_shape::Action;
 
 /// One record operation of a commit. Operations of one commit share the DID, rev and time.
@@ -66,7 +66,7 @@ pub enum Event {
 pub const INFO_KEY: &str = "info";
 
 impl Event {
-    /// The DID the event belongs to; info events have none.
+    /// Returns the DID the event belongs to; info events have none.
     pub fn did(&self) -> Option<&str> {
         match self {
             Event::Operation(event) => Some(&event.did),
@@ -77,12 +77,12 @@ impl Event {
         }
     }
 
-    /// The default Kafka message key: the DID, or [`INFO_KEY`] for info events.
+    /// Returns the default Kafka message key: the DID, or [`INFO_KEY`] for info events.
     pub fn default_key(&self) -> &str {
         self.did().unwrap_or(INFO_KEY)
     }
 
-    /// The firehose sequence number; info events have none.
+    /// Returns the firehose sequence number; info events have none.
     pub fn seq(&self) -> Option<i64> {
         match self {
             Event::Operation(event) => Some(event.seq),
@@ -93,7 +93,7 @@ impl Event {
         }
     }
 
-    /// The action name used in metrics and by Osprey: `operation#create`, `operation#update`,
+    /// Returns the action name used in metrics and by Osprey: `operation#create`, `operation#update`,
     /// `operation#delete`, `account`, `identity`, `sync` or `info`.
     pub fn action_name(&self) -> &'static str {
         match self {
@@ -107,7 +107,7 @@ impl Event {
         }
     }
 
-    /// The collection NSID of an operation; empty for other events.
+    /// Returns the collection NSID of an operation; empty for other events.
     pub fn collection(&self) -> &str {
         match self {
             Event::Operation(event) => &event.collection,

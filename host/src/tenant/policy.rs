@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-/// What happens to an event the tenant's formatter failed on.
+/// The handling of an event the tenant's formatter failed on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorPolicy {
     /// Count the failure and go on.
@@ -37,7 +37,7 @@ impl Quarantine {
         Quarantine { policy, consecutive_failures: 0, until: None }
     }
 
-    /// Whether the formatter may be called now; ends an expired quarantine.
+    /// Reports whether the formatter may be called now, ending an expired quarantine.
     pub fn allows_call(&mut self, now: Instant) -> bool {
         match self.until {
             Some(until) if now < until => false,

@@ -149,7 +149,7 @@ struct HostRun {
     metrics: String,
 }
 
-/// The host flags for a run against `relay` and `broker`, producing to `topic`.
+/// Builds the host flags for a run against `relay` and `broker`, producing to `topic`.
 fn host_args(relay: &StreamRelay, broker: &Broker, topic: &str, metrics_address: &str) -> Vec<String> {
     let relay_url = format!("ws://{}", relay.address);
     ["--relay-host", &relay_url, "--bootstrap-servers", &broker.address, "--output-topic", topic]
@@ -197,7 +197,7 @@ fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, r
     }
 }
 
-/// A quantile from a Prometheus histogram exposition, interpolated within its bucket.
+/// Computes a quantile from a Prometheus histogram exposition, interpolated within its bucket.
 fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> f64 {
     let mut buckets: Vec<(f64, f64)> = metrics
         .lines()
@@ -226,7 +226,7 @@ fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> f64 {
     lower
 }
 
-/// The Kafka-side limit: the same standard messages, keyed by DID, sent with the host's producer
+/// Measures the Kafka-side limit: the same standard messages, keyed by DID, sent with the host's producer
 /// settings by a plain rdkafka producer, its delivery reports awaited in order on another thread
 /// as the host does. Returns messages per second.
 fn kafka_limit(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize) -> f64 {
