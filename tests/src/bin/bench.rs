@@ -15,7 +15,8 @@
 //!    cached.
 //!
 //! Sizes can be lowered for a quick look with BENCH_FRAMES (end-to-end frames per run, default
-//! 200 000), BENCH_MEMORY_FRAMES (default 1 000 000) and BENCH_RUNS (default 3).
+//! 200 000), BENCH_MEMORY_FRAMES (default 1 000 000) and BENCH_RUNS (default 3); BENCH_IN_PROCESS=1
+//! measures only (1) and (2), without a broker, for profiling the decode and format steps.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -401,6 +402,11 @@ fn main() -> anyhow::Result<()> {
     row("2. format, WASM guest (events/s)", format!("{guest:.0} ({:.2} µs an event)", 1e6 / guest));
     row("2. format, native (events/s)", format!("{native:.0} ({:.2} µs an event)", 1e6 / native));
     row("2. format, WASM / native", format!("{:.2}", guest / native));
+
+    if std::env::var_os("BENCH_IN_PROCESS").is_some() {
+        println!("\n{report}");
+        return Ok(());
+    }
 
     eprintln!("starting the Tansu broker");
     let broker = Broker::start();
