@@ -4,6 +4,7 @@
 use atkafka_host::firehose::car::{check_block, read_blocks, BlockCheck};
 use atkafka_host::firehose::decode::decode;
 use atkafka_host::firehose::event::Event;
+use atkafka_host::firehose::frame::{decode_frame, Frame};
 use atkafka_host::firehose::record::record_to_json;
 use atkafka_integration_tests::dagjson::{encode, integer_of, message_frame, to_cbor};
 use atkafka_integration_tests::expected::{compare, from_jetstream, from_standard, render_standard};
@@ -85,7 +86,8 @@ fn real_commits_decode_to_records_their_cids_name() {
 fn repository_car_blocks_hash_to_their_cids() {
     let car = fixture_or_skip!("relay-capture/repo.car");
     let expected = fixture_or_skip!("relay-capture/car_expected_records.tsv");
-    let blocks = read_blocks(&std::fs::read(car).unwrap()).unwrap();
+    let car = std::fs::read(car).unwrap();
+    let blocks = read_blocks(&car).unwrap();
     for (cid, block) in &blocks {
         assert_eq!(check_block(cid, block), BlockCheck::Matches, "block {cid}");
     }
@@ -100,6 +102,42 @@ fn repository_car_blocks_hash_to_their_cids() {
         checked += 1;
     }
     assert!(checked > 0, "no records listed");
+}
+
+/// Reads a CAR with iroh-car, an independent reader.
+fn iroh_car_blocks(car: &[u8]) -> Vec<(cid::Cid, Vec<u8>)> {
+    let read = async {
+        let mut reader = iroh_car::CarReader::new(car).await.unwrap();
+        let mut blocks = Vec::new();
+        while let Some(block) = reader.next_block().await.unwrap() {
+            blocks.push(block);
+        }
+        blocks
+    };
+    futures::FutureExt::now_or_never(read).expect("an in-memory read completes at once")
+}
+
+#[test]
+fn car_reader_matches_iroh_car() {
+    let car = fixture_or_skip!("relay-capture/repo.car");
+    let frames = fixture_or_skip!("relay-capture/frames.bin.zst");
+    let mut cars = vec![std::fs::read(car).unwrap()];
+    for frame in read_capture(&frames).unwrap() {
+        if let Ok(Frame::Commit(commit)) = decode_frame(&frame) {
+            if !commit.blocks.is_empty() {
+                cars.push(commit.blocks.to_vec());
+            }
+        }
+    }
+    assert!(cars.len() > 100, "only {} CARs", cars.len());
+    let mut compared = 0;
+    for car in &cars {
+        let ours: Vec<(cid::Cid, Vec<u8>)> =
+            read_blocks(car).unwrap().into_iter().map(|(cid, block)| (cid, block.to_vec())).collect();
+        assert_eq!(ours, iroh_car_blocks(car));
+        compared += ours.len();
+    }
+    println!("{} CARs, {compared} blocks read alike", cars.len());
 }
 
 #[test]

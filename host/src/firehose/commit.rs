@@ -33,20 +33,20 @@ pub struct SplitCommit {
 /// Splits `commit` into its record operations.
 pub fn split_commit(commit: &CommitFrame) -> SplitCommit {
     let mut split = SplitCommit::default();
-    let did: Arc<str> = commit.repo.as_str().into();
-    let rev: Arc<str> = commit.rev.as_str().into();
-    let time: Arc<str> = commit.time.as_str().into();
+    let did: Arc<str> = commit.repo.into();
+    let rev: Arc<str> = commit.rev.into();
+    let time: Arc<str> = commit.time.into();
 
     // The CAR is read only when some operation needs a block: a commit of deletes alone, or a
     // `tooBig` commit, may carry no blocks at all.
     let needs_blocks = commit.ops.iter().any(|op| op.action != "delete");
     let blocks = if needs_blocks && !commit.blocks.is_empty() {
-        match car::read_blocks(&commit.blocks) {
+        match car::read_blocks(commit.blocks) {
             Ok(blocks) => Some(blocks),
             Err(error) => {
                 for op in commit.ops.iter().filter(|op| op.action != "delete") {
                     split.skipped.push(SkippedOp {
-                        path: op.path.clone(),
+                        path: op.path.to_owned(),
                         reason: SkipReason::CarUnreadable,
                         detail: error.to_string(),
                     });
@@ -59,8 +59,8 @@ pub fn split_commit(commit: &CommitFrame) -> SplitCommit {
     };
 
     for op in &commit.ops {
-        let skip = |reason: SkipReason, detail: String| SkippedOp { path: op.path.clone(), reason, detail };
-        let Some(action) = Action::parse(&op.action) else {
+        let skip = |reason: SkipReason, detail: String| SkippedOp { path: op.path.to_owned(), reason, detail };
+        let Some(action) = Action::parse(op.action) else {
             split.skipped.push(skip(SkipReason::ActionInvalid, format!("unknown action `{}`", op.action)));
             continue;
         };
@@ -77,7 +77,7 @@ pub fn split_commit(commit: &CommitFrame) -> SplitCommit {
                 // Already reported as `car_unreadable` above.
                 continue;
             };
-            let Some(cid) = op.cid.map(|link| link.0) else {
+            let Some(cid) = op.cid else {
                 split.skipped.push(skip(SkipReason::CidMissing, format!("{} without a CID", op.action)));
                 continue;
             };
@@ -110,7 +110,7 @@ pub fn split_commit(commit: &CommitFrame) -> SplitCommit {
     split
 }
 
-fn record_json(cid: &Cid, blocks: &[(Cid, Vec<u8>)]) -> Result<String, (SkipReason, String)> {
+fn record_json(cid: &Cid, blocks: &[(Cid, &[u8])]) -> Result<String, (SkipReason, String)> {
     let Some((_, block)) = blocks.iter().find(|(block_cid, _)| block_cid == cid) else {
         return Err((SkipReason::BlockMissing, format!("no block for CID {cid} in the commit's CAR")));
     };

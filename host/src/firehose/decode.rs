@@ -54,35 +54,43 @@ pub fn decode(bytes: &[u8]) -> DecodedFrame {
     match frame {
         Frame::Commit(commit) => {
             let split = split_commit(&commit);
-            decoded.did = Some(commit.repo);
+            decoded.did = Some(commit.repo.to_owned());
             decoded.events = split.operations.into_iter().map(Event::Operation).collect();
             decoded.skipped_ops = split.skipped;
         }
         Frame::Identity(identity) => {
-            decoded.did = Some(identity.did.clone());
+            decoded.did = Some(identity.did.to_owned());
             decoded.events.push(Event::Identity(Identity {
-                did: identity.did,
+                did: identity.did.to_owned(),
                 seq: identity.seq,
-                time: identity.time,
-                handle: identity.handle,
+                time: identity.time.to_owned(),
+                handle: identity.handle.map(str::to_owned),
             }));
         }
         Frame::Account(account) => {
-            decoded.did = Some(account.did.clone());
+            decoded.did = Some(account.did.to_owned());
             decoded.events.push(Event::Account(Account {
-                did: account.did,
+                did: account.did.to_owned(),
                 seq: account.seq,
-                time: account.time,
+                time: account.time.to_owned(),
                 active: account.active,
-                status: account.status,
+                status: account.status.map(str::to_owned),
             }));
         }
         Frame::Sync(sync) => {
-            decoded.did = Some(sync.did.clone());
-            decoded.events.push(Event::Sync(Sync { did: sync.did, seq: sync.seq, time: sync.time, rev: sync.rev }));
+            decoded.did = Some(sync.did.to_owned());
+            decoded.events.push(Event::Sync(Sync {
+                did: sync.did.to_owned(),
+                seq: sync.seq,
+                time: sync.time.to_owned(),
+                rev: sync.rev.to_owned(),
+            }));
         }
         Frame::Info(info) => {
-            decoded.events.push(Event::Info(Info { name: info.name, message: info.message }));
+            decoded.events.push(Event::Info(Info {
+                name: info.name.to_owned(),
+                message: info.message.map(str::to_owned),
+            }));
         }
         Frame::Error(error) => decoded.error = Some(error),
         Frame::Unknown { message_type } => {

@@ -1,6 +1,7 @@
 //! The pure decode path: firehose frame bytes in, typed events out. Nothing here does I/O.
 
 pub mod car;
+pub mod cbor;
 pub mod commit;
 pub mod decode;
 pub mod event;

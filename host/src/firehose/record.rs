@@ -6,13 +6,15 @@
 //! order in the block. Anything outside the data model (floats, `undefined`, indefinite lengths,
 //! non-string map keys, tags other than 42, integers outside the signed 64-bit range, nesting
 //! deeper than [`RECORD_RECURSION_LIMIT`]) makes the record invalid; nothing is silently changed.
-
-use std::io::Write;
+//!
+//! The block is converted in one pass, item by item, without building a tree of values. Nesting
+//! is tracked on an explicit stack instead of by recursion, so a deep input cannot overflow the
+//! call stack, and time and memory grow with the block's size only.
 
 use base64::Engine as _;
-use ciborium::Value;
+use ciborium_ll::Header;
 
-use super::frame::parse_cid_link;
+use super::cbor::{parse_cid_link, CborError, Cursor};
 
 /// Nesting limit for records. Real records nest about ten levels deep; a deeper block is rejected
 /// instead of exhausting the stack.
@@ -27,83 +29,151 @@ pub enum RecordError {
     NotDataModel(String),
 }
 
-/// Checks the structure of a record block item by item, without building it: definite lengths
-/// only, no floats, no simple values but `false`, `true` and `null` (so no `undefined`), and
-/// nesting no deeper than [`RECORD_RECURSION_LIMIT`]. ciborium's value decoder alone would turn
-/// `undefined` into `null` and report deep nesting as malformed input.
-fn check_structure(block: &[u8]) -> Result<(), RecordError> {
-    use ciborium_io::Read as _;
-    use ciborium_ll::{Decoder, Header};
-
-    let malformed = |error: String| RecordError::Undecodable(error);
-    let mut decoder = Decoder::from(block);
-    // Items still to read at each open level; the bottom entry is the record itself.
-    let mut remaining: Vec<u64> = vec![1];
-    let mut scratch = Vec::new();
-    while let Some(top) = remaining.last_mut() {
-        if *top == 0 {
-            remaining.pop();
-            continue;
-        }
-        *top -= 1;
-        let header = decoder.pull().map_err(|error| malformed(format!("{error:?}")))?;
-        let children = match header {
-            Header::Positive(_) | Header::Negative(_) => 0,
-            Header::Float(float) => {
-                return Err(RecordError::NotDataModel(format!("float {float} (floats are not allowed)")));
+impl From<CborError> for RecordError {
+    fn from(error: CborError) -> Self {
+        match error {
+            CborError::TooDeep(_) | CborError::Unexpected { .. } => RecordError::NotDataModel(error.to_string()),
+            CborError::Truncated(_) | CborError::Malformed(_) | CborError::InvalidUtf8(_) => {
+                RecordError::Undecodable(error.to_string())
             }
-            Header::Simple(20..=22) => 0,
-            Header::Simple(23) => return Err(RecordError::NotDataModel("`undefined` is not allowed".to_owned())),
-            Header::Simple(other) => return Err(RecordError::NotDataModel(format!("simple value {other} is not allowed"))),
-            Header::Tag(_) => 1,
-            Header::Bytes(Some(length)) | Header::Text(Some(length)) => {
-                scratch.resize(length.min(block.len()), 0);
-                if length > block.len() {
-                    return Err(malformed(format!("a string of {length} bytes in a block of {}", block.len())));
-                }
-                decoder.read_exact(&mut scratch).map_err(|error| malformed(format!("{error:?}")))?;
-                0
-            }
-            // Every item takes at least one byte, so a count above the block's size is malformed
-            // (and doubling it for a map's keys and values could overflow).
-            Header::Array(Some(length)) | Header::Map(Some(length)) if length > block.len() => {
-                return Err(malformed(format!("{length} items announced in a block of {} bytes", block.len())));
-            }
-            Header::Array(Some(length)) => length as u64,
-            Header::Map(Some(length)) => 2 * length as u64,
-            Header::Bytes(None) | Header::Text(None) | Header::Array(None) | Header::Map(None) => {
-                return Err(RecordError::NotDataModel("indefinite-length items are not allowed".to_owned()));
-            }
-            Header::Break => return Err(malformed("unexpected break".to_owned())),
-        };
-        if children > 0 {
-            if remaining.len() > RECORD_RECURSION_LIMIT {
-                return Err(RecordError::NotDataModel(format!("nesting deeper than {RECORD_RECURSION_LIMIT} levels")));
-            }
-            remaining.push(children);
         }
     }
-    Ok(())
+}
+
+fn not_data_model(reason: impl Into<String>) -> RecordError {
+    RecordError::NotDataModel(reason.into())
+}
+
+/// An open array or map: items still to read (a map's keys and values both count) and whether
+/// one was written already.
+struct Level {
+    remaining: usize,
+    map: bool,
+    started: bool,
 }
 
 /// Converts a DAG-CBOR record block to atproto JSON text.
 pub fn record_to_json(block: &[u8]) -> Result<String, RecordError> {
-    check_structure(block)?;
-    let mut rest = block;
-    // The structure check has bounded the nesting; the margin covers ciborium's own counting.
-    let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, 2 * RECORD_RECURSION_LIMIT + 8)
-        .map_err(|error| RecordError::Undecodable(error.to_string()))?;
-    if !rest.is_empty() {
-        return Err(RecordError::Undecodable(format!("{} bytes follow the record", rest.len())));
-    }
-    if !matches!(value, Value::Map(_)) {
-        return Err(RecordError::NotDataModel("a record must be a map".to_owned()));
-    }
-    let mut out = Vec::with_capacity(block.len() * 2);
-    write_value(&mut out, &value)?;
-    // Every string written came from a CBOR text string, which ciborium has checked is UTF-8, and
-    // serde_json escapes it; the rest is ASCII.
+    let mut out = Vec::with_capacity(block.len() + block.len() / 2);
+    write_record(block, &mut out)?;
+    // Every string written came from a CBOR text string checked to be UTF-8, and serde_json
+    // escapes it; the rest is ASCII.
     String::from_utf8(out).map_err(|error| RecordError::Undecodable(error.to_string()))
+}
+
+fn write_record(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+    let mut cursor = Cursor::new(block);
+    let entries = match cursor.pull()? {
+        Header::Map(Some(entries)) => entries,
+        Header::Map(None) => return Err(not_data_model("indefinite-length items are not allowed")),
+        _ => return Err(not_data_model("a record must be a map")),
+    };
+    out.push(b'{');
+    let mut stack = vec![Level { remaining: cursor.announced(entries, 2)?, map: true, started: false }];
+    while let Some(level) = stack.last_mut() {
+        if level.remaining == 0 {
+            out.push(if level.map { b'}' } else { b']' });
+            stack.pop();
+            continue;
+        }
+        // In a map, an odd count of items left means a value comes next.
+        let value_of_map = level.map && level.remaining % 2 == 1;
+        level.remaining -= 1;
+        if value_of_map {
+            out.push(b':');
+        } else if level.started {
+            out.push(b',');
+        }
+        level.started = true;
+
+        let header = cursor.pull()?;
+        if level.map && !value_of_map {
+            let Header::Text(Some(length)) = header else {
+                return Err(not_data_model("a map key is not a string"));
+            };
+            write_string(out, cursor.take_text(length)?);
+            continue;
+        }
+        let opened = match header {
+            Header::Positive(value) => {
+                let value = i64::try_from(value)
+                    .map_err(|_| not_data_model(format!("integer {value} is outside the signed 64-bit range")))?;
+                out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+                None
+            }
+            Header::Negative(value) => {
+                let value = i64::try_from(value).map(|value| -1 - value).map_err(|_| {
+                    not_data_model(format!("integer -1-{value} is outside the signed 64-bit range"))
+                })?;
+                out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+                None
+            }
+            Header::Float(float) => return Err(not_data_model(format!("float {float} (floats are not allowed)"))),
+            Header::Simple(ciborium_ll::simple::FALSE) => {
+                out.extend_from_slice(b"false");
+                None
+            }
+            Header::Simple(ciborium_ll::simple::TRUE) => {
+                out.extend_from_slice(b"true");
+                None
+            }
+            Header::Simple(ciborium_ll::simple::NULL) => {
+                out.extend_from_slice(b"null");
+                None
+            }
+            Header::Simple(ciborium_ll::simple::UNDEFINED) => return Err(not_data_model("`undefined` is not allowed")),
+            Header::Simple(other) => return Err(not_data_model(format!("simple value {other} is not allowed"))),
+            Header::Text(Some(length)) => {
+                write_string(out, cursor.take_text(length)?);
+                None
+            }
+            Header::Bytes(Some(length)) => {
+                out.extend_from_slice(b"{\"$bytes\":\"");
+                let bytes = cursor.take(length)?;
+                let start = out.len();
+                out.resize(start + base64::encoded_len(bytes.len(), false).unwrap_or(0), 0);
+                let written = base64::engine::general_purpose::STANDARD_NO_PAD
+                    .encode_slice(bytes, &mut out[start..])
+                    .map_err(|error| RecordError::Undecodable(error.to_string()))?;
+                out.truncate(start + written);
+                out.extend_from_slice(b"\"}");
+                None
+            }
+            Header::Tag(42) => {
+                let Header::Bytes(Some(length)) = cursor.pull()? else {
+                    return Err(not_data_model("tag 42 does not wrap a byte string"));
+                };
+                let cid = parse_cid_link(cursor.take(length)?).map_err(RecordError::NotDataModel)?;
+                out.extend_from_slice(b"{\"$link\":\"");
+                out.extend_from_slice(cid.to_string().as_bytes());
+                out.extend_from_slice(b"\"}");
+                None
+            }
+            Header::Tag(tag) => return Err(not_data_model(format!("CBOR tag {tag} (only tag 42 is allowed)"))),
+            Header::Array(Some(items)) => {
+                out.push(b'[');
+                Some(Level { remaining: cursor.announced(items, 1)?, map: false, started: false })
+            }
+            Header::Map(Some(entries)) => {
+                out.push(b'{');
+                Some(Level { remaining: cursor.announced(entries, 2)?, map: true, started: false })
+            }
+            Header::Bytes(None) | Header::Text(None) | Header::Array(None) | Header::Map(None) => {
+                return Err(not_data_model("indefinite-length items are not allowed"));
+            }
+            Header::Break => return Err(RecordError::Undecodable("unexpected break".to_owned())),
+        };
+        if let Some(level) = opened {
+            if stack.len() >= RECORD_RECURSION_LIMIT {
+                return Err(not_data_model(format!("nesting deeper than {RECORD_RECURSION_LIMIT} levels")));
+            }
+            stack.push(level);
+        }
+    }
+    if cursor.remaining() > 0 {
+        return Err(RecordError::Undecodable(format!("{} bytes follow the record", cursor.remaining())));
+    }
+    Ok(())
 }
 
 fn write_string(out: &mut Vec<u8>, value: &str) {
@@ -111,70 +181,10 @@ fn write_string(out: &mut Vec<u8>, value: &str) {
     serde_json::to_writer(&mut *out, value).expect("a str serializes to JSON");
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), RecordError> {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Integer(integer) => {
-            let integer = i128::from(*integer);
-            if i64::try_from(integer).is_err() {
-                return Err(RecordError::NotDataModel(format!("integer {integer} is outside the signed 64-bit range")));
-            }
-            let _ = write!(out, "{integer}");
-        }
-        Value::Float(float) => {
-            return Err(RecordError::NotDataModel(format!("float {float} (floats are not allowed)")));
-        }
-        Value::Text(text) => write_string(out, text),
-        Value::Bytes(bytes) => {
-            out.extend_from_slice(b"{\"$bytes\":\"");
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes).as_bytes());
-            out.extend_from_slice(b"\"}");
-        }
-        Value::Tag(42, inner) => {
-            let Value::Bytes(bytes) = inner.as_ref() else {
-                return Err(RecordError::NotDataModel("tag 42 does not wrap a byte string".to_owned()));
-            };
-            let cid = parse_cid_link(bytes).map_err(RecordError::NotDataModel)?;
-            out.extend_from_slice(b"{\"$link\":\"");
-            out.extend_from_slice(cid.to_string().as_bytes());
-            out.extend_from_slice(b"\"}");
-        }
-        Value::Tag(tag, _) => return Err(RecordError::NotDataModel(format!("CBOR tag {tag} (only tag 42 is allowed)"))),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item)?;
-            }
-            out.push(b']');
-        }
-        Value::Map(entries) => {
-            out.push(b'{');
-            for (index, (key, item)) in entries.iter().enumerate() {
-                let Value::Text(key) = key else {
-                    return Err(RecordError::NotDataModel("a map key is not a string".to_owned()));
-                };
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_string(out, key);
-                out.push(b':');
-                write_value(out, item)?;
-            }
-            out.push(b'}');
-        }
-        other => return Err(RecordError::NotDataModel(format!("unsupported CBOR value {other:?}"))),
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ciborium::Value;
 
     fn cbor(value: &Value) -> Vec<u8> {
         let mut out = Vec::new();
