@@ -34,7 +34,8 @@ fn invalid(reason: impl Into<String>) -> CarError {
 pub fn read_blocks(car: &[u8]) -> Result<Vec<(Cid, &[u8])>, CarError> {
     let (header, mut rest) = split_section(car)?.ok_or_else(|| invalid("no header"))?;
     check_header(header)?;
-    let mut blocks = Vec::new();
+    // A commit's CAR holds the commit block, a few MST nodes and the records: rarely more than 8.
+    let mut blocks = Vec::with_capacity(8);
     while let Some((section, after)) = split_section(rest)? {
         rest = after;
         let mut block = section;

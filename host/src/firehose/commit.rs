@@ -32,7 +32,7 @@ pub struct SplitCommit {
 
 /// Splits `commit` into its record operations.
 pub fn split_commit(commit: &CommitFrame) -> SplitCommit {
-    let mut split = SplitCommit::default();
+    let mut split = SplitCommit { operations: Vec::with_capacity(commit.ops.len()), skipped: Vec::new() };
     let did: Arc<str> = commit.repo.into();
     let rev: Arc<str> = commit.rev.into();
     let time: Arc<str> = commit.time.into();

@@ -54,7 +54,9 @@ struct Level {
 
 /// Converts a DAG-CBOR record block to atproto JSON text.
 pub fn record_to_json(block: &[u8]) -> Result<String, RecordError> {
-    let mut out = Vec::with_capacity(block.len() + block.len() / 2);
+    // JSON of a record is up to about twice the size of its block (CIDs in base32, bytes in
+    // base64), so one allocation is usually enough.
+    let mut out = Vec::with_capacity(block.len() * 2);
     write_record(block, &mut out)?;
     // Every string written came from a CBOR text string checked to be UTF-8, and serde_json
     // escapes it; the rest is ASCII.
