@@ -259,8 +259,9 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Counts one handled event, capping the number of distinct collection labels.
-    pub fn count_handled(&self, action_name: &str, collection: &str) {
+    /// Counts `count` handled events of one action and collection, capping the number of
+    /// distinct collection labels.
+    pub fn count_handled(&self, action_name: &str, collection: &str, count: u64) {
         let mut collections = self.collections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let collection = if collections.contains(collection) {
             collection
@@ -270,7 +271,7 @@ impl Metrics {
         } else {
             "other"
         };
-        self.handled_events.with_label_values(&[action_name, collection]).inc();
+        self.handled_events.with_label_values(&[action_name, collection]).inc_by(count);
     }
 
     /// Counts one error frame by its error name.

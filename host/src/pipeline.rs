@@ -6,6 +6,7 @@
 //! delivery checker can match the tenants' reports frame by frame); every skipped frame or
 //! operation is counted under one reason; nothing here panics on any input.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -51,11 +52,14 @@ impl Pipeline {
         let mut logs = Logs::default();
         while let Some(raw_frames) = frames.blocking_recv() {
             let mut batches = Vec::with_capacity(raw_frames.len());
+            let mut labels = Vec::with_capacity(raw_frames.len());
             for raw in raw_frames {
-                batches.push(Arc::new(self.decode_frame(&raw, &mut logs)));
+                let (batch, label) = self.decode_frame(&raw, &mut logs);
+                batches.push(Arc::new(batch));
+                labels.push(label);
                 self.in_flight.done(1);
             }
-            self.metrics.frame_queue_depth.set(self.in_flight.count() as i64);
+            self.count_batch(&batches, &labels);
             for tenant in &self.tenants {
                 if tenant.blocking_send(batches.clone()).is_err() {
                     tracing::info!("a tenant stopped; no further frames are decoded");
@@ -65,21 +69,41 @@ impl Pipeline {
         }
     }
 
-    fn decode_frame(&mut self, raw: &RawFrame, logs: &mut Logs) -> FrameBatch {
+    /// Decodes one frame and returns its events with their ids, and the frame's type label.
+    fn decode_frame(&mut self, raw: &RawFrame, logs: &mut Logs) -> (FrameBatch, &'static str) {
         let decoded = decode(&raw.bytes);
         self.record_frame(&decoded, logs);
         let mut events = Vec::with_capacity(decoded.events.len());
         for event in decoded.events {
-            self.metrics.count_handled(event.action_name(), event.collection());
             events.push((event, self.event_ids.next_id()));
         }
-        FrameBatch { seq: decoded.seq, did: decoded.did, events, received_at_us: raw.received_at_us }
+        let batch = FrameBatch { seq: decoded.seq, did: decoded.did, events, received_at_us: raw.received_at_us };
+        (batch, decoded.label)
+    }
+
+    /// Counts a batch's frames by type and its events by action and collection, one metric
+    /// update per distinct label rather than per frame.
+    fn count_batch(&self, batches: &[Arc<FrameBatch>], labels: &[&'static str]) {
+        let mut frames: HashMap<&str, u64> = HashMap::new();
+        for label in labels {
+            *frames.entry(label).or_default() += 1;
+        }
+        for (label, count) in frames {
+            self.metrics.frames.with_label_values(&[label]).inc_by(count);
+        }
+        let mut handled: HashMap<(&str, &str), u64> = HashMap::new();
+        for (event, _) in batches.iter().flat_map(|batch| &batch.events) {
+            *handled.entry((event.action_name(), event.collection())).or_default() += 1;
+        }
+        for ((action_name, collection), count) in handled {
+            self.metrics.count_handled(action_name, collection, count);
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0);
+        self.metrics.last_frame_time.set(now as i64);
+        self.metrics.frame_queue_depth.set(self.in_flight.count() as i64);
     }
 
     fn record_frame(&mut self, decoded: &DecodedFrame, logs: &mut Logs) {
-        self.metrics.frames.with_label_values(&[decoded.label]).inc();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0);
-        self.metrics.last_frame_time.set(now as i64);
         if let Some(seq) = decoded.seq {
             self.check_seq(seq, decoded.label, logs);
             self.metrics.last_seq.set(seq);

@@ -68,6 +68,8 @@ pub async fn check_deliveries(
         tenants.into_iter().map(|queue| TenantReports { queue, buffered: Default::default() }).collect();
     let mut totals = DeliveryTotals::default();
     let mut stalled = false;
+    let produced_ok = metrics.produced_events.with_label_values(&["ok"]);
+    let produced_failed = metrics.produced_events.with_label_values(&["failed"]);
     while let Some(reports) = next_frame(&mut tenants).await {
         let depth = tenants.iter().map(|tenant| tenant.buffered.len() + tenant.queue.len()).max().unwrap_or(0);
         metrics.delivery_queue_depth.set(depth as i64);
@@ -85,11 +87,11 @@ pub async fn check_deliveries(
             match failure {
                 None => {
                     totals.acknowledged += 1;
-                    metrics.produced_events.with_label_values(&["ok"]).inc();
+                    produced_ok.inc();
                 }
                 Some(error) => {
                     totals.failed += 1;
-                    metrics.produced_events.with_label_values(&["failed"]).inc();
+                    produced_failed.inc();
                     if !stalled {
                         stalled = true;
                         let did = did.clone().unwrap_or_default();
