@@ -44,12 +44,16 @@ pub struct Metrics {
     pub formatter_errors: IntCounterVec,
     /// Highest linear memory any instance of the tenant's formatter reached, in bytes.
     pub formatter_memory_bytes: IntGaugeVec,
-    /// Duration of formatter calls, by tenant, in seconds.
+    /// Formatter time per event, by tenant, in seconds: the duration of the event's `format` call,
+    /// or the duration of its batch call divided by the call's events.
     pub formatter_call_seconds: HistogramVec,
     /// Formatter instances replaced for their call count or memory, by tenant.
     pub formatter_recycles: IntGaugeVec,
     /// Calls retried on a fresh instance after a deadline, by tenant.
     pub formatter_deadline_retries: IntGaugeVec,
+    /// Batch calls that failed as a whole, whose events were formatted again one at a time, by
+    /// tenant.
+    pub formatter_batch_fallbacks: IntGaugeVec,
     /// Events that passed the tenant's filter, by tenant.
     pub tenant_events: IntCounterVec,
     /// Events the tenant's filter left out, by tenant.
@@ -137,7 +141,10 @@ impl Metrics {
             formatter_call_seconds: {
                 let buckets = vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0];
                 let histogram = HistogramVec::new(
-                    HistogramOpts::new("atkafka_formatter_call_seconds", "Duration of formatter calls, in seconds")
+                    HistogramOpts::new(
+                        "atkafka_formatter_call_seconds",
+                        "Formatter time per event, in seconds; an event of a batch call counts the call's duration divided by its events",
+                    )
                         .buckets(buckets),
                     &["tenant"],
                 )?;
@@ -153,6 +160,11 @@ impl Metrics {
                 &registry,
                 "atkafka_formatter_deadline_retries",
                 "Formatter calls tried again on a fresh instance after running past their deadline",
+            )?,
+            formatter_batch_fallbacks: gauge_vec(
+                &registry,
+                "atkafka_formatter_batch_fallbacks",
+                "Formatter batch calls that failed as a whole, whose events were formatted again one at a time",
             )?,
             tenant_events: counter(&registry, "atkafka_tenant_events", "Events that passed the tenant's filter", &["tenant"])?,
             tenant_filtered: counter(&registry, "atkafka_tenant_filtered", "Events the tenant's filter left out", &["tenant"])?,
@@ -246,6 +258,7 @@ impl Metrics {
                 &metrics.formatter_memory_bytes,
                 &metrics.formatter_recycles,
                 &metrics.formatter_deadline_retries,
+                &metrics.formatter_batch_fallbacks,
                 &metrics.tenant_quarantined,
                 &metrics.tenant_queue_depth,
             ] {

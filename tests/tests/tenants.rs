@@ -101,7 +101,11 @@ fn hostile_tenants_are_contained_while_a_good_tenant_delivers_everything() {
     assert_eq!(value("atkafka_formatter_errors{kind=\"quarantined\",tenant=\"loop\"}"), events - 3.0);
     assert_eq!(value("atkafka_tenant_quarantined{tenant=\"loop\"}"), 1.0);
     assert_eq!(value("atkafka_formatter_deadline_retries{tenant=\"loop\"}"), 3.0);
-    assert_eq!(value("atkafka_formatter_errors{kind=\"memory\",tenant=\"memory\"}"), events);
+    let errors_of = |tenant: &str| -> Vec<&str> {
+        let label = format!("tenant=\"{tenant}\"");
+        metrics.lines().filter(|line| line.starts_with("atkafka_formatter_errors{") && line.contains(&label)).collect()
+    };
+    assert_eq!(value("atkafka_formatter_errors{kind=\"memory\",tenant=\"memory\"}"), events, "{:?}", errors_of("memory"));
     assert!(value("atkafka_formatter_memory_bytes{tenant=\"memory\"}") <= (32 << 20) as f64);
     assert_eq!(value("atkafka_formatter_errors{kind=\"trap\",tenant=\"trap\"}"), 5.0);
     assert_eq!(value("atkafka_tenant_quarantined{tenant=\"trap\"}"), 1.0);
@@ -180,6 +184,51 @@ fn halt_policy_stops_the_host_before_the_failed_event() {
     let identity_seq = stream.last_seq - 1;
     let stored = bench.stored_cursor().expect("the cursor of the frames before it is stored");
     assert!(stored < identity_seq, "cursor {stored} passed the failed event {identity_seq}");
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+#[test]
+fn tenant_batch_trap_fails_only_its_event() {
+    let Some(stream) = capture_stream(0) else { return };
+    let directory = std::env::temp_dir().join(format!("atkafka-batch-trap-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let config = hostile_tenant(
+        "deletes",
+        "trap-on-delete",
+        "on_error = \"dead-letter\"\ndead_letter_topic = \"deletes-dead\"\nquarantine_after_failures = 0",
+    );
+    let args = config_args(&directory, &config);
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let bench = Bench::new(ReplayOptions { frames: stream.frames.clone(), ..ReplayOptions::default() }, &arg_refs);
+    let mut host = bench.start_host();
+    bench.wait_for_cursor(&host, stream.last_seq, Duration::from_secs(60));
+
+    // Every event but the deletes is delivered, in the standard shape.
+    let (deletes, others): (Vec<Summary>, Vec<Summary>) = stream.expected.iter().cloned().partition(|event| event.kind == "delete");
+    assert!(!deletes.is_empty(), "the capture has deletes");
+    let delivered = consume(&bench.broker.address, "deletes", others.len(), Duration::from_secs(30), Duration::from_secs(1));
+    let actual: Vec<Summary> = values(&delivered).iter().map(|value| from_standard(value).unwrap()).collect();
+    if let Err(report) = compare(&others, &actual) {
+        panic!("events other than deletes: {report}");
+    }
+
+    // Each delete trapped on its own and went to the dead-letter topic.
+    let dead = consume(&bench.broker.address, "deletes-dead", deletes.len(), Duration::from_secs(30), Duration::from_secs(1));
+    let dead_summaries: Vec<Summary> = values(&dead).iter().map(|value| from_standard(value).unwrap()).collect();
+    if let Err(report) = compare(&deletes, &dead_summaries) {
+        panic!("dead letters: {report}");
+    }
+    for record in &dead {
+        let kind = record.headers.iter().find(|(key, _)| key == "atkafka-error-kind").map(|(_, value)| value.as_slice());
+        assert_eq!(kind, Some(b"trap".as_slice()));
+    }
+
+    let metrics = bench.metrics();
+    let value = |sample: &str| metric_value(&metrics, sample).unwrap_or_else(|| panic!("{sample} missing"));
+    assert_eq!(value("atkafka_formatter_errors{kind=\"trap\",tenant=\"deletes\"}"), deletes.len() as f64);
+    assert_eq!(value("atkafka_tenant_messages{tenant=\"deletes\"}"), others.len() as f64);
+    assert!(value("atkafka_formatter_batch_fallbacks{tenant=\"deletes\"}") >= 1.0, "a batch call with a delete trapped");
+    assert!(host.terminate(Duration::from_secs(30)).success());
     let _ = std::fs::remove_dir_all(directory);
 }
 

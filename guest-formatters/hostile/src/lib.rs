@@ -5,16 +5,35 @@
 //!
 //! Behaviours: `loop` (never returns), `memory` (allocates until it fails), `trap` (panics),
 //! `oversized` (returns a 2 MiB message), `many` (returns 10 000 messages), `read-file`,
-//! `environment`, `socket`.
+//! `environment`, `socket`. Three more fail on some events only and format every other event like
+//! the `standard` formatter. `trap-on-delete` panics on delete operations, `error-on-delete`
+//! returns an error for them, and with `short-batch` the `format-batch` call returns one result
+//! fewer than it was given events.
+//!
+//! `format-batch` formats each event as `format` does, so a misbehaving event makes the whole
+//! batch call fail, which tests the host's fallback to one event a call.
 
 use std::sync::Mutex;
 
-use atkafka_shape::guest::{Context, Event, Guest, Message};
+use atkafka_shape::guest::{self, BatchGuest, Context, Event, Guest, Message};
+use atkafka_shape::{Action, EventView};
 
 static BEHAVIOR: Mutex<String> = Mutex::new(String::new());
 static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-const BEHAVIORS: [&str; 8] = ["loop", "memory", "trap", "oversized", "many", "read-file", "environment", "socket"];
+const BEHAVIORS: [&str; 11] = [
+    "loop",
+    "memory",
+    "trap",
+    "oversized",
+    "many",
+    "read-file",
+    "environment",
+    "socket",
+    "trap-on-delete",
+    "error-on-delete",
+    "short-batch",
+];
 
 struct Hostile;
 
@@ -24,6 +43,17 @@ fn message(value: Vec<u8>) -> Message {
 
 fn leaked(what: String) -> Result<Vec<Message>, String> {
     Ok(vec![message(format!("LEAKED {what}").into_bytes())])
+}
+
+fn is_delete(event: &Event) -> bool {
+    matches!(guest::view(event), EventView::Operation { action: Action::Delete, .. })
+}
+
+/// Formats the event as the `standard` formatter does.
+fn standard(event: &Event) -> Result<Vec<Message>, String> {
+    let mut value = Vec::with_capacity(512);
+    atkafka_shape::write_standard(&mut value, &guest::view(event));
+    Ok(vec![message(value)])
 }
 
 impl Guest for Hostile {
@@ -38,7 +68,7 @@ impl Guest for Hostile {
         Ok(())
     }
 
-    fn format(_event: Event, _context: Context) -> Result<Vec<Message>, String> {
+    fn format(event: Event, _context: Context) -> Result<Vec<Message>, String> {
         let behavior = BEHAVIOR.lock().unwrap().clone();
         match behavior.as_str() {
             "loop" => {
@@ -73,8 +103,21 @@ impl Guest for Hostile {
                 Ok(_) => leaked("socket: connected".to_owned()),
                 Err(error) => Err(format!("connecting failed: {error}")),
             },
+            "trap-on-delete" if is_delete(&event) => panic!("this formatter traps on delete operations"),
+            "error-on-delete" if is_delete(&event) => Err("this formatter rejects delete operations".to_owned()),
+            "trap-on-delete" | "error-on-delete" | "short-batch" => standard(&event),
             other => Err(format!("no behavior configured (`{other}`)")),
         }
+    }
+}
+
+impl BatchGuest for Hostile {
+    fn format_batch(events: Vec<(Event, Context)>) -> Vec<Result<Vec<Message>, String>> {
+        let mut results = guest::format_each::<Hostile>(events);
+        if *BEHAVIOR.lock().unwrap() == "short-batch" {
+            results.pop();
+        }
+        results
     }
 }
 

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use atkafka_shape::guest::{self, Context, Event, Guest, Message};
+use atkafka_shape::guest::{self, BatchGuest, Context, Event, Guest, Message};
 
 struct Osprey;
 
@@ -38,6 +38,12 @@ impl Guest for Osprey {
         atkafka_shape::write_json_string(&mut value, &send_time);
         value.push(b'}');
         Ok(vec![Message { value, key: None, headers: Vec::new(), topic: None }])
+    }
+}
+
+impl BatchGuest for Osprey {
+    fn format_batch(events: Vec<(Event, Context)>) -> Vec<Result<Vec<Message>, String>> {
+        guest::format_each::<Osprey>(events)
     }
 }
 

@@ -1,16 +1,25 @@
-//! The bindings of the `formatter` world, generated once for every guest built on this crate,
-//! and the conversion of their events into [`EventView`]s.
+//! The bindings of the `batch-formatter` world, generated once for every guest built on this
+//! crate, and the conversion of their events into [`EventView`]s.
 
 use crate::{Action, EventView};
 
 wit_bindgen::generate!({
-    world: "formatter",
+    world: "batch-formatter",
     path: "../../wit",
     default_bindings_module: "atkafka_shape::guest",
     pub_export_macro: true,
 });
 
 use atkafka::formatter::types;
+
+/// The trait of the `format-batch` export.
+pub use exports::atkafka::formatter::batch::Guest as BatchGuest;
+
+/// Formats each event with `G::format`, in order: a `format-batch` for guests that share nothing
+/// between the events of a batch.
+pub fn format_each<G: Guest>(events: Vec<(Event, Context)>) -> Vec<Result<Vec<Message>, String>> {
+    events.into_iter().map(|(event, context)| G::format(event, context)).collect()
+}
 
 /// Borrows `event` as a view that the shape writers take.
 pub fn view(event: &Event) -> EventView<'_> {

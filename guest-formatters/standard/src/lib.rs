@@ -1,7 +1,7 @@
 //! The built-in `standard` formatter: one message per event, the event in the standard JSON shape
 //! (see `atkafka_shape::write_standard`), keyed by the host's default (the DID).
 
-use atkafka_shape::guest::{self, Context, Event, Guest, Message};
+use atkafka_shape::guest::{self, BatchGuest, Context, Event, Guest, Message};
 
 struct Standard;
 
@@ -14,6 +14,12 @@ impl Guest for Standard {
         let mut value = Vec::with_capacity(512);
         atkafka_shape::write_standard(&mut value, &guest::view(&event));
         Ok(vec![Message { value, key: None, headers: Vec::new(), topic: None }])
+    }
+}
+
+impl BatchGuest for Standard {
+    fn format_batch(events: Vec<(Event, Context)>) -> Vec<Result<Vec<Message>, String>> {
+        guest::format_each::<Standard>(events)
     }
 }
 

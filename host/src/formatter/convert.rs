@@ -1,46 +1,54 @@
-//! Conversion of host events into the guest-facing types of the `formatter` world.
+//! Conversion between host events and messages and the guest-facing types of the `formatter`
+//! world.
 
 use super::bindings::atkafka::formatter::types as wit;
+use super::instance::Message;
 use crate::firehose::event::{Action, Event};
 
-// TODO: the strings of every event are copied here and again when lowered into the guest; the
-// decode path could build the guest-facing types directly and save one copy per field.
-pub fn to_wit(event: &Event) -> wit::Event {
+/// Borrows `event` as the guest-facing type. No string is copied here, because wasmtime copies
+/// each one into the guest's memory when the call lowers its arguments.
+pub fn to_wit(event: &Event) -> wit::Event<'_> {
     match event {
         Event::Operation(op) => wit::Event::CommitOp(wit::CommitOp {
-            did: op.did.to_string(),
+            did: &op.did,
             seq: op.seq,
-            rev: op.rev.to_string(),
-            time: op.time.to_string(),
+            rev: &op.rev,
+            time: &op.time,
             action: match op.action {
                 Action::Create => wit::Action::Create,
                 Action::Update => wit::Action::Update,
                 Action::Delete => wit::Action::Delete,
             },
-            collection: op.collection.clone(),
-            rkey: op.rkey.clone(),
-            cid: op.cid.clone(),
-            record: op.record.clone(),
+            collection: &op.collection,
+            rkey: &op.rkey,
+            cid: op.cid.as_deref(),
+            record: op.record.as_deref(),
         }),
         Event::Account(account) => wit::Event::Account(wit::AccountEvent {
-            did: account.did.clone(),
+            did: &account.did,
             seq: account.seq,
-            time: account.time.clone(),
+            time: &account.time,
             active: account.active,
-            status: account.status.clone(),
+            status: account.status.as_deref(),
         }),
         Event::Identity(identity) => wit::Event::Identity(wit::IdentityEvent {
-            did: identity.did.clone(),
+            did: &identity.did,
             seq: identity.seq,
-            time: identity.time.clone(),
-            handle: identity.handle.clone(),
+            time: &identity.time,
+            handle: identity.handle.as_deref(),
         }),
-        Event::Sync(sync) => wit::Event::Sync(wit::SyncEvent {
-            did: sync.did.clone(),
-            seq: sync.seq,
-            time: sync.time.clone(),
-            rev: sync.rev.clone(),
-        }),
-        Event::Info(info) => wit::Event::Info(wit::InfoEvent { name: info.name.clone(), message: info.message.clone() }),
+        Event::Sync(sync) => {
+            wit::Event::Sync(wit::SyncEvent { did: &sync.did, seq: sync.seq, time: &sync.time, rev: &sync.rev })
+        }
+        Event::Info(info) => wit::Event::Info(wit::InfoEvent { name: &info.name, message: info.message.as_deref() }),
+    }
+}
+
+pub fn from_wit(message: wit::Message) -> Message {
+    Message {
+        value: message.value,
+        key: message.key,
+        headers: message.headers.into_iter().map(|header| (header.key, header.value)).collect(),
+        topic: message.topic,
     }
 }

@@ -3,18 +3,22 @@
 //!
 //! Guarantees: each `Formatter` owns its store, so its memory, faults and slowness are its own.
 //! A call that traps, runs past its deadline or hits the memory cap fails that event only; the
-//! instance is dropped and a fresh one is built (and configured) for the next event.
+//! instance is dropped and a fresh one is built (and configured) for the next event. A batch call
+//! that fails is charged to none of its events, which are formatted again one at a time (see the
+//! `batch` module).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
+use super::batch::BatchSizer;
+use super::batch_bindings::{BatchFormatter as BatchFormatterBindings, BatchFormatterPre};
 use super::bindings::atkafka::formatter::types as wit;
 use super::bindings::{Formatter as FormatterBindings, FormatterPre};
 use super::builtin::FormatterSource;
-use super::convert::to_wit;
+use super::convert::{from_wit, to_wit};
 use super::engine::{deadline_ticks, FormatterEngine, GuestState};
 use super::limits::GuestLimiter;
 use crate::firehose::event::Event;
@@ -33,7 +37,8 @@ pub struct FormatterLimits {
     pub max_messages_per_event: usize,
     /// Bytes one message value may have.
     pub max_message_bytes: usize,
-    /// Replace the instance after this many calls; 0 never does.
+    /// Replace the instance after it formatted this many events (a batch call counts each of its
+    /// events); 0 never does.
     pub recycle_after_calls: u64,
     /// Replace the instance after a call that left its memory above this share of
     /// `max_memory_bytes`, in percent, so that a guest that leaks is renewed before it fails.
@@ -93,23 +98,40 @@ impl FormatError {
     pub const KINDS: [&'static str; 5] = ["error", "trap", "deadline", "memory", "output"];
 }
 
-struct Live {
-    store: Store<GuestState>,
-    bindings: FormatterBindings,
-    calls: u64,
+/// The linked component, by the world it exports.
+enum Pre {
+    Single(FormatterPre<GuestState>),
+    Batch(BatchFormatterPre<GuestState>),
+}
+
+/// The exports of a live instance.
+pub(super) enum Bindings {
+    Single(FormatterBindings),
+    Batch(BatchFormatterBindings),
+}
+
+pub(super) struct Live {
+    pub store: Store<GuestState>,
+    pub bindings: Bindings,
+    /// Events this instance formatted.
+    events: u64,
 }
 
 pub struct Formatter {
     name: String,
     engine: FormatterEngine,
-    pre: FormatterPre<GuestState>,
+    pre: Pre,
     options: Vec<(String, String)>,
-    limits: FormatterLimits,
-    live: Option<Live>,
+    pub(super) limits: FormatterLimits,
+    pub(super) live: Option<Live>,
     output_log: LogLimiter,
+    pub(super) failure_log: LogLimiter,
+    /// The number of events per batch call; `None` when the component has no `format-batch`.
+    pub(super) batch_sizer: Option<BatchSizer>,
     peak_memory_bytes: usize,
     recycles: u64,
     deadline_retries: u64,
+    pub(super) batch_fallbacks: u64,
 }
 
 impl Formatter {
@@ -130,9 +152,11 @@ impl Formatter {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("formatter `{name}` imports something the host does not provide"))?;
-        let pre = FormatterPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("formatter `{name}` does not export the atkafka:formatter world"))?;
+        let pre = link_exports(&name, &component, instance_pre)?;
+        let batch_sizer = match pre {
+            Pre::Batch(_) => Some(BatchSizer::new(limits.timeout)),
+            Pre::Single(_) => None,
+        };
 
         let mut formatter = Formatter {
             name,
@@ -142,9 +166,12 @@ impl Formatter {
             limits,
             live: None,
             output_log: LogLimiter::default(),
+            failure_log: LogLimiter::default(),
+            batch_sizer,
             peak_memory_bytes: 0,
             recycles: 0,
             deadline_retries: 0,
+            batch_fallbacks: 0,
         };
         formatter.instantiate().map_err(|error| anyhow::anyhow!("formatter `{}`: {error}", formatter.name))?;
         Ok(formatter)
@@ -159,19 +186,27 @@ impl Formatter {
         let ticks = deadline_ticks(self.limits.timeout);
         let limiter = GuestLimiter::new(self.limits.max_memory_bytes);
         let mut store = self.engine.new_store(limiter, self.limits.output_cap_bytes, ticks);
-        let bindings = match self.pre.instantiate(&mut store) {
+        let instantiated = match &self.pre {
+            Pre::Single(pre) => pre.instantiate(&mut store).map(Bindings::Single),
+            Pre::Batch(pre) => pre.instantiate(&mut store).map(Bindings::Batch),
+        };
+        let bindings = match instantiated {
             Ok(bindings) => bindings,
             Err(error) => return Err(self.classify(&mut store, error)),
         };
         store.set_epoch_deadline(ticks);
-        let configured = bindings.call_configure(&mut store, &self.options);
+        let options: Vec<(&str, &str)> = self.options.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+        let configured = match &bindings {
+            Bindings::Single(bindings) => bindings.call_configure(&mut store, &options),
+            Bindings::Batch(bindings) => bindings.call_configure(&mut store, &options),
+        };
         log_guest_output(&mut self.output_log, &self.name, store.data());
         match configured {
             Ok(Ok(())) => {}
             Ok(Err(message)) => return Err(FormatError::Guest(format!("invalid options: {message}"))),
             Err(error) => return Err(self.classify(&mut store, error)),
         }
-        self.live = Some(Live { store, bindings, calls: 0 });
+        self.live = Some(Live { store, bindings, events: 0 });
         Ok(())
     }
 
@@ -181,47 +216,69 @@ impl Formatter {
     pub fn format(&mut self, event: &Event, event_id: u64, received_at_us: u64) -> Result<Vec<Message>, FormatError> {
         let wit_event = to_wit(event);
         let context = wit::Context { event_id, received_at_us };
-        match self.call_once(&wit_event, context) {
+        match self.call_once(wit_event.clone(), context) {
             Err(FormatError::Deadline(_)) => {
                 self.deadline_retries += 1;
-                self.call_once(&wit_event, context)
+                self.call_once(wit_event, context)
             }
             result => result,
         }
     }
 
-    fn call_once(&mut self, event: &wit::Event, context: wit::Context) -> Result<Vec<Message>, FormatError> {
+    fn call_once(&mut self, event: wit::Event<'_>, context: wit::Context) -> Result<Vec<Message>, FormatError> {
+        // Single calls are timed only to let a reduced batch size grow again.
+        let started = self.batch_sizer.as_ref().filter(|sizer| sizer.is_reduced()).map(|_| Instant::now());
+        let live = self.prepare_call()?;
+        let result = match &live.bindings {
+            Bindings::Single(bindings) => bindings.call_format(&mut live.store, event, context),
+            Bindings::Batch(bindings) => bindings.call_format(&mut live.store, event, context),
+        };
+        let result = self.finish_call(result, 1)?;
+        if let (Some(sizer), Some(started)) = (&mut self.batch_sizer, started) {
+            sizer.record_success(1, started.elapsed());
+        }
+        let messages = result.map_err(FormatError::Guest)?;
+        check_output(&messages, &self.limits)?;
+        Ok(messages.into_iter().map(from_wit).collect())
+    }
+
+    /// Builds an instance when there is none and arms its deadline and memory record for one call.
+    pub(super) fn prepare_call(&mut self) -> Result<&mut Live, FormatError> {
         if self.live.is_none() {
             self.instantiate()?;
         }
         let live = self.live.as_mut().expect("an instance was just built");
         live.store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
         live.store.data_mut().limiter.memory_limit_hit = false;
-        live.calls += 1;
+        Ok(live)
+    }
 
-        let result = live.bindings.call_format(&mut live.store, event, context);
+    /// Ends a call that formatted `events` events: logs the guest's output and records its
+    /// memory. A call that failed drops the instance and returns the limit it hit or its trap. A
+    /// call that returned replaces the instance when its memory or event count is due.
+    pub(super) fn finish_call<T>(&mut self, result: wasmtime::Result<T>, events: u64) -> Result<T, FormatError> {
+        let live = self.live.as_mut().expect("a call runs on a live instance");
         log_guest_output(&mut self.output_log, &self.name, live.store.data());
         let peak = live.store.data().limiter.peak_memory_bytes;
         self.peak_memory_bytes = self.peak_memory_bytes.max(peak);
-        let messages = match result {
-            Ok(Ok(messages)) => messages,
-            Ok(Err(message)) => return Err(FormatError::Guest(message)),
+        let returned = match result {
+            Ok(returned) => returned,
             Err(error) => {
                 let mut live = self.live.take().expect("the instance is still there");
                 return Err(self.classify(&mut live.store, error));
             }
         };
 
+        live.events += events;
         let memory_high = peak * 100 > self.limits.max_memory_bytes * usize::from(self.limits.recycle_memory_percent);
-        let calls_done = self.limits.recycle_after_calls > 0 && live.calls >= self.limits.recycle_after_calls;
-        if memory_high || calls_done {
+        let events_done = self.limits.recycle_after_calls > 0 && live.events >= self.limits.recycle_after_calls;
+        if memory_high || events_done {
             // Between calls nothing is in flight, so a fresh instance neither loses nor repeats
             // an event.
             self.live = None;
             self.recycles += 1;
         }
-        check_output(&messages, &self.limits)?;
-        Ok(messages.into_iter().map(from_wit).collect())
+        Ok(returned)
     }
 
     /// Names the limit a failed call hit, or the trap it raised.
@@ -251,6 +308,31 @@ impl Formatter {
     pub fn deadline_retries(&self) -> u64 {
         self.deadline_retries
     }
+
+    /// Batch calls that failed as a whole, whose events were then formatted one at a time.
+    pub fn batch_fallbacks(&self) -> u64 {
+        self.batch_fallbacks
+    }
+}
+
+/// Links the component's exports: the `batch-formatter` world when the component exports the
+/// batch interface, else the `formatter` world.
+fn link_exports(
+    name: &str,
+    component: &Component,
+    instance_pre: wasmtime::component::InstancePre<GuestState>,
+) -> anyhow::Result<Pre> {
+    let batch_interface = "atkafka:formatter/batch@0.1.0";
+    if component.get_export_index(None, batch_interface).is_none() {
+        let pre = FormatterPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("formatter `{name}` does not export the atkafka:formatter world"))?;
+        return Ok(Pre::Single(pre));
+    }
+    let pre = BatchFormatterPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
+        format!("formatter `{name}` exports {batch_interface} but does not match the atkafka:formatter batch-formatter world")
+    })?;
+    Ok(Pre::Batch(pre))
 }
 
 /// Logs what the guest wrote to stdout and stderr during the last call, rate-limited.
@@ -263,8 +345,8 @@ fn log_guest_output(limiter: &mut LogLimiter, formatter: &str, state: &GuestStat
     }
 }
 
-/// Checks a call's messages against the output limits.
-fn check_output(messages: &[wit::Message], limits: &FormatterLimits) -> Result<(), FormatError> {
+/// Checks the messages of one event against the output limits.
+pub(super) fn check_output(messages: &[wit::Message], limits: &FormatterLimits) -> Result<(), FormatError> {
     if messages.len() > limits.max_messages_per_event {
         return Err(FormatError::OutputLimit(format!(
             "{} messages for one event, the limit is {}",
@@ -280,13 +362,4 @@ fn check_output(messages: &[wit::Message], limits: &FormatterLimits) -> Result<(
         )));
     }
     Ok(())
-}
-
-fn from_wit(message: wit::Message) -> Message {
-    Message {
-        value: message.value,
-        key: message.key,
-        headers: message.headers.into_iter().map(|header| (header.key, header.value)).collect(),
-        topic: message.topic,
-    }
 }

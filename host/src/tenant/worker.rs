@@ -5,6 +5,12 @@
 //! firehose order; every frame, even one whose events were all filtered or failed, is reported to
 //! the delivery checker, so the cursor can pass it; a `halt` failure or a refused message stops
 //! the tenant before it reports the frame, so the cursor never passes that event.
+//!
+//! The events of one handoff that pass the filter are formatted in batch calls when the formatter
+//! has `format-batch`. A batch call runs when the first of its events is handled and the tenant is
+//! not quarantined. Its results are then used in event order, so the error policy, the quarantine
+//! count and the metrics see each event as if it had been formatted alone. When the quarantine
+//! starts within a batch, the remaining results of that batch are discarded.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +23,7 @@ use super::filter::Filter;
 use super::policy::{ErrorPolicy, Quarantine};
 use crate::fatal::{Fatal, FatalSender};
 use crate::firehose::event::Event;
-use crate::formatter::{Formatter, Message};
+use crate::formatter::{BatchEvent, FormatError, Formatter, Message};
 use crate::kafka::delivery::FrameDeliveries;
 use crate::kafka::producer::Producer;
 use crate::metrics::Metrics;
@@ -51,6 +57,31 @@ pub struct TenantWorker {
 enum Flow {
     Continue,
     Stop,
+}
+
+/// The formatter results of the events of a handoff that pass the filter, one batch call ahead.
+/// Positions index those events in handoff order.
+enum Lookahead {
+    /// The results of a batch call for the events at `start..start + results.len()`, each taken
+    /// once.
+    Batch {
+        start: usize,
+        results: Vec<Option<Result<Vec<Message>, FormatError>>>,
+        /// The call's duration divided by its events, in seconds.
+        seconds_per_event: f64,
+    },
+    /// The events before `end` are formatted one at a time: they are the events of a batch call
+    /// that failed as a whole, or there was no batch to call.
+    Single { end: usize },
+}
+
+impl Lookahead {
+    fn covers(&self, position: usize) -> bool {
+        match self {
+            Lookahead::Batch { start, results, .. } => (*start..start + results.len()).contains(&position),
+            Lookahead::Single { end } => position < *end,
+        }
+    }
 }
 
 /// The reason a message did not reach librdkafka.
@@ -93,16 +124,28 @@ impl TenantWorker {
     ) {
         while let Some(frames) = batches.blocking_recv() {
             self.metrics.tenant_queue_depth.with_label_values(&[&self.name]).set(batches.len() as i64);
+            let (passes, selected) = self.select(&frames);
+            let mut lookahead = Lookahead::Single { end: 0 };
+            let mut index = 0;
+            let mut position = 0;
             let mut reports = Vec::with_capacity(frames.len());
-            for batch in frames {
+            for batch in &frames {
                 let mut frame = FrameDeliveries {
                     seq: batch.seq,
                     did: batch.did.clone(),
                     received_at_us: batch.received_at_us,
                     deliveries: Vec::new(),
                 };
-                for (event, event_id) in &batch.events {
-                    if let Flow::Stop = self.handle(event, *event_id, batch.received_at_us, &mut frame) {
+                for _ in &batch.events {
+                    let flow = if passes[index] {
+                        position += 1;
+                        self.handle(&selected, position - 1, &mut lookahead, &mut frame)
+                    } else {
+                        self.metrics.tenant_filtered.with_label_values(&[&self.name]).inc();
+                        Flow::Continue
+                    };
+                    index += 1;
+                    if let Flow::Stop = flow {
                         // The frames before this one are complete and may still be reported.
                         let _ = deliveries.blocking_send(reports);
                         return;
@@ -116,12 +159,34 @@ impl TenantWorker {
         }
     }
 
-    fn handle(&mut self, event: &Event, event_id: u64, received_at_us: u64, frame: &mut FrameDeliveries) -> Flow {
-        let tenant = self.name.as_str();
-        if !self.filter.matches(event) {
-            self.metrics.tenant_filtered.with_label_values(&[tenant]).inc();
-            return Flow::Continue;
+    /// Applies the filter to every event of a handoff. Returns whether each event passes, in
+    /// handoff order, and the events that pass.
+    fn select<'a>(&self, frames: &'a [Arc<FrameBatch>]) -> (Vec<bool>, Vec<BatchEvent<'a>>) {
+        let mut passes = Vec::new();
+        let mut selected = Vec::new();
+        for batch in frames {
+            for (event, event_id) in &batch.events {
+                let matches = self.filter.matches(event);
+                passes.push(matches);
+                if matches {
+                    selected.push(BatchEvent { event, event_id: *event_id, received_at_us: batch.received_at_us });
+                }
+            }
         }
+        (passes, selected)
+    }
+
+    /// Formats the event at `position` of `selected`, an event that passed the filter, and
+    /// hands its messages to Kafka or applies the error policy.
+    fn handle(
+        &mut self,
+        selected: &[BatchEvent<'_>],
+        position: usize,
+        lookahead: &mut Lookahead,
+        frame: &mut FrameDeliveries,
+    ) -> Flow {
+        let event = selected[position].event;
+        let tenant = self.name.as_str();
         self.metrics.tenant_events.with_label_values(&[tenant]).inc();
 
         let now = Instant::now();
@@ -129,11 +194,13 @@ impl TenantWorker {
             return self.fail(event, frame, "quarantined", "the tenant is quarantined after repeated failures");
         }
         self.metrics.tenant_quarantined.with_label_values(&[tenant]).set(0);
-        let result = self.formatter.format(event, event_id, received_at_us);
-        self.metrics.formatter_call_seconds.with_label_values(&[tenant]).observe(now.elapsed().as_secs_f64());
+        let (result, seconds) = self.format_at(selected, position, lookahead);
+        let tenant = self.name.as_str();
+        self.metrics.formatter_call_seconds.with_label_values(&[tenant]).observe(seconds);
         self.metrics.formatter_memory_bytes.with_label_values(&[tenant]).set(self.formatter.peak_memory_bytes() as i64);
         self.metrics.formatter_recycles.with_label_values(&[tenant]).set(self.formatter.recycles() as i64);
         self.metrics.formatter_deadline_retries.with_label_values(&[tenant]).set(self.formatter.deadline_retries() as i64);
+        self.metrics.formatter_batch_fallbacks.with_label_values(&[tenant]).set(self.formatter.batch_fallbacks() as i64);
 
         match result {
             Ok(messages) => {
@@ -150,6 +217,47 @@ impl TenantWorker {
                 Flow::Continue
             }
             Err(error) => self.fail(event, frame, error.kind(), &error.to_string()),
+        }
+    }
+
+    /// Returns the formatter's result for the event at `position` and the formatter time charged
+    /// to it, in seconds. The result comes from the lookahead's batch call when that covers the
+    /// event. Otherwise a new batch call starts at this event, or a `format` call formats it.
+    fn format_at(
+        &mut self,
+        selected: &[BatchEvent<'_>],
+        position: usize,
+        lookahead: &mut Lookahead,
+    ) -> (Result<Vec<Message>, FormatError>, f64) {
+        if !lookahead.covers(position) {
+            *lookahead = self.format_ahead(selected, position);
+        }
+        match lookahead {
+            Lookahead::Batch { start, results, seconds_per_event } => {
+                let result = results[position - *start].take().expect("each result of a batch is used once");
+                (result, *seconds_per_event)
+            }
+            Lookahead::Single { .. } => {
+                let event = &selected[position];
+                let started = Instant::now();
+                let result = self.formatter.format(event.event, event.event_id, event.received_at_us);
+                (result, started.elapsed().as_secs_f64())
+            }
+        }
+    }
+
+    /// Formats the events from `position` on in one batch call of at most the formatter's batch
+    /// limit.
+    fn format_ahead(&mut self, selected: &[BatchEvent<'_>], position: usize) -> Lookahead {
+        let end = selected.len().min(position + self.formatter.batch_limit());
+        let started = Instant::now();
+        match self.formatter.try_format_batch(&selected[position..end]) {
+            Some(results) => Lookahead::Batch {
+                start: position,
+                seconds_per_event: started.elapsed().as_secs_f64() / results.len() as f64,
+                results: results.into_iter().map(Some).collect(),
+            },
+            None => Lookahead::Single { end },
         }
     }
 

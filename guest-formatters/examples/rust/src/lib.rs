@@ -2,14 +2,17 @@
 //! `{"did":…,"rkey":…,"text":…,"langs":[…]}` and drops every other event.
 //!
 //! The JavaScript and Python examples beside this crate implement the same behaviour with the same
-//! error messages, so that the three components are interchangeable.
+//! error messages, so that the three components are interchangeable. This one exports the
+//! `batch-formatter` world, so besides `format` it has `format-batch`, which the host calls with
+//! many events at once. The other two export the `formatter` world, and the host calls their
+//! `format` once per event.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
 wit_bindgen::generate!({
-    world: "formatter",
+    world: "batch-formatter",
     path: "../../../wit",
 });
 
@@ -68,6 +71,17 @@ impl Guest for Posts {
             headers: Vec::new(),
             topic: None,
         }])
+    }
+}
+
+impl exports::atkafka::formatter::batch::Guest for Posts {
+    /// Formats each event as `format` does. A formatter that shares work between the events of a
+    /// batch (a parsed configuration, a reused buffer) would do it here.
+    fn format_batch(events: Vec<(Event, Context)>) -> Vec<Result<Vec<Message>, String>> {
+        events
+            .into_iter()
+            .map(|(event, context)| Posts::format(event, context))
+            .collect()
     }
 }
 
