@@ -47,4 +47,8 @@ impl BatchGuest for Osprey {
     }
 }
 
+/// Every allocation of this formatter ends with its call, which is what the arena relies on.
+#[global_allocator]
+static ALLOCATOR: atkafka_shape::arena::CallArena = atkafka_shape::arena::CallArena::new();
+
 atkafka_shape::guest::export!(Osprey with_types_in atkafka_shape::guest);

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 
+pub mod arena;
 #[cfg(feature = "guest")]
 pub mod guest;
 
