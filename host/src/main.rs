@@ -6,12 +6,6 @@ use std::process::ExitCode;
 use atkafka_host::cli::Cli;
 use clap::Parser as _;
 
-/// Frames are allocated on the reader's thread and freed on the decoder's and the tenants'
-/// threads; mimalloc handles that pattern without the page faults glibc's trimming caused here
-/// (about a tenth of the host's CPU in a profile of the end-to-end benchmark).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
