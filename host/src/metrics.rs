@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::firehose::frame::FRAME_LABELS;
@@ -272,6 +272,23 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// Returns the metrics of one tenant, each resolved once, so that the tenant's thread updates
+    /// them without a label lookup per event.
+    pub fn tenant(&self, tenant: &str) -> TenantMetrics {
+        TenantMetrics {
+            events: self.tenant_events.with_label_values(&[tenant]),
+            filtered: self.tenant_filtered.with_label_values(&[tenant]),
+            messages: self.tenant_messages.with_label_values(&[tenant]),
+            quarantined: self.tenant_quarantined.with_label_values(&[tenant]),
+            queue_depth: self.tenant_queue_depth.with_label_values(&[tenant]),
+            call_seconds: self.formatter_call_seconds.with_label_values(&[tenant]),
+            memory_bytes: self.formatter_memory_bytes.with_label_values(&[tenant]),
+            recycles: self.formatter_recycles.with_label_values(&[tenant]),
+            deadline_retries: self.formatter_deadline_retries.with_label_values(&[tenant]),
+            batch_fallbacks: self.formatter_batch_fallbacks.with_label_values(&[tenant]),
+        }
+    }
+
     /// Counts `count` handled events of one action and collection, capping the number of
     /// distinct collection labels.
     pub fn count_handled(&self, action_name: &str, collection: &str, count: u64) {
@@ -300,6 +317,20 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// One tenant's series of the per-tenant metrics above.
+pub struct TenantMetrics {
+    pub events: IntCounter,
+    pub filtered: IntCounter,
+    pub messages: IntCounter,
+    pub quarantined: IntGauge,
+    pub queue_depth: IntGauge,
+    pub call_seconds: Histogram,
+    pub memory_bytes: IntGauge,
+    pub recycles: IntGauge,
+    pub deadline_retries: IntGauge,
+    pub batch_fallbacks: IntGauge,
 }
 
 /// Binds the metrics address, so that a taken port fails at start-up.

@@ -26,7 +26,7 @@ use crate::firehose::event::Event;
 use crate::formatter::{BatchEvent, FormatError, Formatter, Message};
 use crate::kafka::delivery::FrameDeliveries;
 use crate::kafka::producer::Producer;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TenantMetrics};
 use crate::ratelimit::LogLimiter;
 use crate::skip::SkipReason;
 
@@ -49,6 +49,8 @@ pub struct TenantWorker {
     quarantine: Quarantine,
     producer: Arc<Producer>,
     metrics: Arc<Metrics>,
+    /// This tenant's series of `metrics`.
+    tenant_metrics: TenantMetrics,
     fatal: FatalSender,
     failure_log: LogLimiter,
 }
@@ -109,6 +111,7 @@ impl TenantWorker {
             formatter,
             quarantine: Quarantine::new(spec.quarantine),
             producer,
+            tenant_metrics: metrics.tenant(&spec.name),
             metrics,
             fatal,
             failure_log: LogLimiter::default(),
@@ -123,7 +126,7 @@ impl TenantWorker {
         deliveries: mpsc::Sender<Vec<FrameDeliveries>>,
     ) {
         while let Some(frames) = batches.blocking_recv() {
-            self.metrics.tenant_queue_depth.with_label_values(&[&self.name]).set(batches.len() as i64);
+            self.tenant_metrics.queue_depth.set(batches.len() as i64);
             let (passes, selected) = self.select(&frames);
             let mut lookahead = Lookahead::Single { end: 0 };
             let mut index = 0;
@@ -141,7 +144,7 @@ impl TenantWorker {
                         position += 1;
                         self.handle(&selected, position - 1, &mut lookahead, &mut frame)
                     } else {
-                        self.metrics.tenant_filtered.with_label_values(&[&self.name]).inc();
+                        self.tenant_metrics.filtered.inc();
                         Flow::Continue
                     };
                     index += 1;
@@ -186,21 +189,20 @@ impl TenantWorker {
         frame: &mut FrameDeliveries,
     ) -> Flow {
         let event = selected[position].event;
-        let tenant = self.name.as_str();
-        self.metrics.tenant_events.with_label_values(&[tenant]).inc();
+        self.tenant_metrics.events.inc();
 
         let now = Instant::now();
         if !self.quarantine.allows_call(now) {
             return self.fail(event, frame, "quarantined", "the tenant is quarantined after repeated failures");
         }
-        self.metrics.tenant_quarantined.with_label_values(&[tenant]).set(0);
+        self.tenant_metrics.quarantined.set(0);
         let (result, seconds) = self.format_at(selected, position, lookahead);
-        let tenant = self.name.as_str();
-        self.metrics.formatter_call_seconds.with_label_values(&[tenant]).observe(seconds);
-        self.metrics.formatter_memory_bytes.with_label_values(&[tenant]).set(self.formatter.peak_memory_bytes() as i64);
-        self.metrics.formatter_recycles.with_label_values(&[tenant]).set(self.formatter.recycles() as i64);
-        self.metrics.formatter_deadline_retries.with_label_values(&[tenant]).set(self.formatter.deadline_retries() as i64);
-        self.metrics.formatter_batch_fallbacks.with_label_values(&[tenant]).set(self.formatter.batch_fallbacks() as i64);
+        let metrics = &self.tenant_metrics;
+        metrics.call_seconds.observe(seconds);
+        metrics.memory_bytes.set(self.formatter.peak_memory_bytes() as i64);
+        metrics.recycles.set(self.formatter.recycles() as i64);
+        metrics.deadline_retries.set(self.formatter.deadline_retries() as i64);
+        metrics.batch_fallbacks.set(self.formatter.batch_fallbacks() as i64);
 
         match result {
             Ok(messages) => {
@@ -213,7 +215,7 @@ impl TenantWorker {
                         Err(SendError::Fatal) => return Flow::Stop,
                     }
                 }
-                self.metrics.tenant_messages.with_label_values(&[&self.name]).inc_by(count as u64);
+                self.tenant_metrics.messages.inc_by(count as u64);
                 Flow::Continue
             }
             Err(error) => self.fail(event, frame, error.kind(), &error.to_string()),
@@ -292,7 +294,7 @@ impl TenantWorker {
         let tenant = self.name.clone();
         self.metrics.formatter_errors.with_label_values(&[&tenant, kind]).inc();
         if kind != "quarantined" && self.quarantine.record_failure(Instant::now()) {
-            self.metrics.tenant_quarantined.with_label_values(&[&tenant]).set(1);
+            self.tenant_metrics.quarantined.set(1);
             tracing::error!(tenant, %error, "tenant quarantined after repeated formatter failures");
         }
         if let Some(suppressed) = self.failure_log.allow() {
