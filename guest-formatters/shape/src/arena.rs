@@ -147,11 +147,11 @@ mod tests {
     fn live_allocation_prevents_rewind() {
         let arena = CallArena::new();
         unsafe {
-            let kept = arena.alloc(layout(100));
+            let live = arena.alloc(layout(100));
             let freed = arena.alloc(layout(100));
             arena.dealloc(freed, layout(100));
             let next = arena.alloc(layout(100));
-            assert_ne!(next, kept);
+            assert_ne!(next, live);
             assert_ne!(next, freed);
         }
     }
@@ -189,7 +189,7 @@ mod tests {
     fn full_chunk_falls_back_to_system() {
         let arena = CallArena::new();
         unsafe {
-            let _kept = arena.alloc(layout(CHUNK_BYTES - 16));
+            let _filling = arena.alloc(layout(CHUNK_BYTES - 16));
             let overflow = arena.alloc(layout(64));
             assert!(!overflow.is_null());
             assert!((*arena.state.get()).offset_of(overflow).is_none());

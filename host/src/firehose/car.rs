@@ -6,7 +6,7 @@
 //! check that both readers return the same blocks for real repositories and firehose commits.
 //!
 //! Guarantees: every block of a CAR that reads without error is named by a valid CID and lies
-//! inside the input; nothing here panics on any input.
+//! inside the input. Nothing here panics on any input.
 
 use cid::Cid;
 use sha2::{Digest, Sha256};

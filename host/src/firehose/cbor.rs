@@ -246,7 +246,7 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
-    /// Returns how many items a container of `count` entries of `per_entry` items holds, refusing
+    /// Returns how many items a container of `count` entries of `per_entry` items holds, rejecting
     /// a count the rest of the buffer cannot hold (every item takes at least one byte), so that a
     /// forged count neither overflows nor reserves memory.
     pub fn announced(&self, count: usize, per_entry: usize) -> Result<usize, CborError> {
@@ -310,7 +310,7 @@ mod tests {
     }
 
     #[test]
-    fn integers_outside_the_signed_range_are_refused() {
+    fn out_of_range_integers_are_rejected() {
         assert_eq!(Cursor::new(&[0x3b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).integer(), Ok(i64::MIN));
         assert!(Cursor::new(&[0x1b, 0x80, 0, 0, 0, 0, 0, 0, 0]).integer().is_err());
         assert!(Cursor::new(&[0x3b, 0x80, 0, 0, 0, 0, 0, 0, 0]).integer().is_err());
@@ -345,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn indefinite_lengths_are_refused() {
+    fn indefinite_lengths_are_rejected() {
         assert!(Cursor::new(&[0x9f, 0x01, 0xff]).skip(8).is_err());
         assert!(Cursor::new(&[0x7f, 0x61, b'a', 0xff]).text().is_err());
     }

@@ -179,7 +179,7 @@ fn write_record(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
 }
 
 fn write_string(out: &mut Vec<u8>, value: &str) {
-    // Writing a `str` into a `Vec` cannot fail.
+    // serde_json fails only when its writer fails, and writing into a `Vec` does not.
     serde_json::to_writer(&mut *out, value).expect("a str serializes to JSON");
 }
 

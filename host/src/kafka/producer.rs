@@ -89,7 +89,7 @@ impl Producer {
     /// Fetches the metadata of `topic` (its partitions and their leaders), so that the first
     /// message to it need not wait for a metadata round trip. Blocks up to `timeout`.
     ///
-    /// The metadata is fetched twice. librdkafka's idempotent producer asks for its producer id
+    /// The metadata is fetched twice. librdkafka's idempotent producer requests its producer id
     /// when a metadata answer arrives while a broker connection is up, and otherwise only after
     /// 500 ms, which every first message then waits for. After one fetch, 4 of 6 start-ups
     /// measured against Tansu still waited those 500 ms; after a second fetch none did.

@@ -511,7 +511,7 @@ fn main() -> anyhow::Result<()> {
 
     // 5. latency at the live firehose's rate, in the steady state. The first 2 s are left out,
     // because messages wait until the idempotent producer has its producer id, and librdkafka
-    // asks for it again only after 500 ms when no broker connection was up yet. (7) measures
+    // requests it again only after 500 ms when no broker connection was up yet. (7) measures
     // start-up.
     eprintln!("latency at 2000 frames/s for 20 s");
     let paced = run_host(&broker, pool.clone(), LATENCY_FRAMES, Some(LATENCY_RATE), &[], LATENCY_WARM_UP);
