@@ -11,6 +11,8 @@ pub fn view(event: &Event) -> EventView<'_> {
     match event {
         Event::Operation(op) => EventView::Operation {
             did: &op.did,
+            seq: op.seq,
+            rev: &op.rev,
             time: &op.time,
             action: op.action,
             collection: &op.collection,

@@ -1,7 +1,7 @@
-//! Batch calls (`format-batch`) against calls of one event (`format`) on the real capture. The
-//! messages are identical, and a component without `format-batch` is called one event at a time.
-//! An event that fails inside a batch fails alone, and the other events of the batch are
-//! formatted.
+//! Batch calls (`format-packed` for the built-in and hostile guests, `format-batch` for the Rust
+//! example) against calls of one event (`format`) on the real capture. The messages are
+//! identical, and a component without a batch export is called one event at a time. An event
+//! that fails inside a batch fails alone, and the other events of the batch are formatted.
 
 use std::time::Duration;
 
@@ -179,6 +179,19 @@ fn batch_result_count_mismatch_falls_back() {
     let expected = outcomes(&format_singly(&mut standard, &batch), as_json);
 
     let mut formatter = hostile("short-batch", FormatterLimits::default());
+    let results = outcomes(&format_in_batches(&mut formatter, &batch), as_json);
+    assert_eq!(results, expected);
+    assert_eq!(formatter.batch_fallbacks(), batch.len().div_ceil(MAX_BATCH_EVENTS) as u64, "every batch call fell back");
+}
+
+#[test]
+fn malformed_packed_reply_falls_back() {
+    let events = capture_events(&fixture_or_skip!("relay-capture/frames.bin.zst"));
+    let batch = batch_events(&events);
+    let mut standard = formatter(FormatterSource::Builtin("standard"), &[], FormatterLimits::default());
+    let expected = outcomes(&format_singly(&mut standard, &batch), as_json);
+
+    let mut formatter = hostile("garbled-batch", FormatterLimits::default());
     let results = outcomes(&format_in_batches(&mut formatter, &batch), as_json);
     assert_eq!(results, expected);
     assert_eq!(formatter.batch_fallbacks(), batch.len().div_ceil(MAX_BATCH_EVENTS) as u64, "every batch call fell back");

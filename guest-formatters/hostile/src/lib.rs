@@ -7,21 +7,21 @@
 //! `oversized` (returns a 2 MiB message), `many` (returns 10 000 messages), `read-file`,
 //! `environment`, `socket`. Three more fail on some events only and format every other event like
 //! the `standard` formatter. `trap-on-delete` panics on delete operations, `error-on-delete`
-//! returns an error for them, and with `short-batch` the `format-batch` call returns one result
-//! fewer than it was given events.
+//! returns an error for them. With `short-batch` the `format-packed` call returns one result fewer
+//! than it was given events, and with `garbled-batch` its reply lacks the last byte.
 //!
-//! `format-batch` formats each event as `format` does, so a misbehaving event makes the whole
+//! `format-packed` formats each event as `format` does, so a misbehaving event makes the whole
 //! batch call fail, which tests the host's fallback to one event a call.
 
 use std::sync::Mutex;
 
-use atkafka_shape::guest::{self, BatchGuest, Context, Event, Guest, Message};
+use atkafka_shape::guest::{self, Context, Event, Guest, Message, PackedGuest};
 use atkafka_shape::{Action, EventView};
 
 static BEHAVIOR: Mutex<String> = Mutex::new(String::new());
 static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-const BEHAVIORS: [&str; 11] = [
+const BEHAVIORS: [&str; 12] = [
     "loop",
     "memory",
     "trap",
@@ -33,6 +33,7 @@ const BEHAVIORS: [&str; 11] = [
     "trap-on-delete",
     "error-on-delete",
     "short-batch",
+    "garbled-batch",
 ];
 
 struct Hostile;
@@ -105,19 +106,24 @@ impl Guest for Hostile {
             },
             "trap-on-delete" if is_delete(&event) => panic!("this formatter traps on delete operations"),
             "error-on-delete" if is_delete(&event) => Err("this formatter rejects delete operations".to_owned()),
-            "trap-on-delete" | "error-on-delete" | "short-batch" => standard(&event),
+            "trap-on-delete" | "error-on-delete" | "short-batch" | "garbled-batch" => standard(&event),
             other => Err(format!("no behavior configured (`{other}`)")),
         }
     }
 }
 
-impl BatchGuest for Hostile {
-    fn format_batch(events: Vec<(Event, Context)>) -> Vec<Result<Vec<Message>, String>> {
-        let mut results = guest::format_each::<Hostile>(events);
-        if *BEHAVIOR.lock().unwrap() == "short-batch" {
+impl PackedGuest for Hostile {
+    fn format_packed(events: Vec<u8>) -> Vec<u8> {
+        let mut results = guest::format_each::<Hostile>(&events);
+        let behavior = BEHAVIOR.lock().unwrap().clone();
+        if behavior == "short-batch" {
             results.pop();
         }
-        results
+        let mut packed = guest::write_results(&events, &results);
+        if behavior == "garbled-batch" {
+            packed.pop();
+        }
+        packed
     }
 }
 

@@ -9,7 +9,8 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use atkafka_shape::guest::{self, BatchGuest, Context, Event, Guest, Message};
+use atkafka_shape::guest::{self, Context, Event, Guest, Message, PackedGuest};
+use atkafka_shape::EventView;
 
 struct Osprey;
 
@@ -19,32 +20,42 @@ impl Guest for Osprey {
     }
 
     fn format(event: Event, context: Context) -> Result<Vec<Message>, String> {
-        let view = guest::view(&event);
-        let received_at = UNIX_EPOCH + Duration::from_micros(context.received_at_us);
-        let timestamp = match view.time() {
-            Some(time) => time.to_owned(),
-            None => humantime::format_rfc3339_millis(received_at).to_string(),
-        };
-        let send_time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-
         let mut value = Vec::with_capacity(768);
-        value.extend_from_slice(b"{\"data\":{\"action_name\":\"");
-        value.extend_from_slice(view.action_name().as_bytes());
-        let _ = write!(value, "\",\"action_id\":{},\"data\":", context.event_id);
-        atkafka_shape::write_standard(&mut value, &view);
-        value.extend_from_slice(b",\"timestamp\":");
-        atkafka_shape::write_json_string(&mut value, &timestamp);
-        value.extend_from_slice(b",\"secret_data\":{},\"encoding\":\"UTF8\"},\"send_time\":");
-        atkafka_shape::write_json_string(&mut value, &send_time);
-        value.push(b'}');
+        write_envelope(&mut value, &guest::view(&event), context.event_id, context.received_at_us);
         Ok(vec![Message { value, key: None, headers: Vec::new(), topic: None }])
     }
 }
 
-impl BatchGuest for Osprey {
-    fn format_batch(events: Vec<(Event, Context)>) -> Vec<Result<Vec<Message>, String>> {
-        guest::format_each::<Osprey>(events)
+impl PackedGuest for Osprey {
+    fn format_packed(events: Vec<u8>) -> Vec<u8> {
+        let packed = guest::read_packed(&events);
+        let mut results = guest::result_writer(&events, packed.len());
+        for event in &packed {
+            results.messages(1);
+            results.message(|value| write_envelope(value, &event.event, event.event_id, event.received_at_us), None, &[], None);
+        }
+        results.finish()
     }
+}
+
+/// Appends the Osprey envelope of `view` to `value`.
+fn write_envelope(value: &mut Vec<u8>, view: &EventView<'_>, event_id: u64, received_at_us: u64) {
+    let received_at = UNIX_EPOCH + Duration::from_micros(received_at_us);
+    let timestamp = match view.time() {
+        Some(time) => time.to_owned(),
+        None => humantime::format_rfc3339_millis(received_at).to_string(),
+    };
+    let send_time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+
+    value.extend_from_slice(b"{\"data\":{\"action_name\":\"");
+    value.extend_from_slice(view.action_name().as_bytes());
+    let _ = write!(value, "\",\"action_id\":{event_id},\"data\":");
+    atkafka_shape::write_standard(value, view);
+    value.extend_from_slice(b",\"timestamp\":");
+    atkafka_shape::write_json_string(value, &timestamp);
+    value.extend_from_slice(b",\"secret_data\":{},\"encoding\":\"UTF8\"},\"send_time\":");
+    atkafka_shape::write_json_string(value, &send_time);
+    value.push(b'}');
 }
 
 /// Every allocation of this formatter ends with its call, which is what the arena relies on.

@@ -1,8 +1,8 @@
 //! An allocator for guests whose allocations all end with the call that made them.
 //!
-//! During a `format` or `format-batch` call, the host allocates the events in the guest, the guest
-//! allocates its messages, and the canonical ABI frees all of it by the end of the call's
-//! post-return. A stateless formatter therefore has no live allocation between calls. This arena
+//! During a `format`, `format-batch` or `format-packed` call, the host allocates the events in
+//! the guest, the guest allocates its messages, and the canonical ABI frees all of it by the end
+//! of the call's post-return. A stateless formatter therefore has no live allocation between calls. This arena
 //! bumps a pointer through one fixed chunk and rewinds it whenever the count of live allocations
 //! drops to zero, so an allocation costs a few instructions and a free costs a decrement.
 //!

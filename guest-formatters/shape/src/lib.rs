@@ -10,6 +10,7 @@ use std::io::Write;
 pub mod arena;
 #[cfg(feature = "guest")]
 pub mod guest;
+pub mod packed;
 
 /// The action of a record operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,8 @@ impl Action {
 pub enum EventView<'a> {
     Operation {
         did: &'a str,
+        seq: i64,
+        rev: &'a str,
         time: &'a str,
         action: Action,
         collection: &'a str,
@@ -135,7 +138,7 @@ fn write_did_and_timestamp(out: &mut Vec<u8>, did: &str, time: &str) {
 /// - info: `{"info":{"name","message"}}`, `message` left out when absent.
 pub fn write_standard(out: &mut Vec<u8>, event: &EventView<'_>) {
     match *event {
-        EventView::Operation { did, time, action, collection, rkey, cid, record } => {
+        EventView::Operation { did, time, action, collection, rkey, cid, record, .. } => {
             write_did_and_timestamp(out, did, time);
             out.extend_from_slice(b",\"operation\":{\"action\":\"");
             out.extend_from_slice(action.as_str().as_bytes());
@@ -203,6 +206,8 @@ mod tests {
     fn create_renders_uri_path_and_record() {
         let value = render(EventView::Operation {
             did: "did:plc:abc",
+            seq: 7,
+            rev: "3l",
             time: "2026-07-04T14:38:07.877Z",
             action: Action::Create,
             collection: "app.bsky.feed.post",
@@ -223,6 +228,8 @@ mod tests {
     fn delete_has_null_cid_and_record() {
         let value = render(EventView::Operation {
             did: "did:plc:abc",
+            seq: 7,
+            rev: "3l",
             time: "t",
             action: Action::Delete,
             collection: "app.bsky.feed.like",

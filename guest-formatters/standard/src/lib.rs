@@ -1,7 +1,7 @@
 //! The built-in `standard` formatter: one message per event, the event in the standard JSON shape
 //! (see `atkafka_shape::write_standard`), keyed by the host's default (the DID).
 
-use atkafka_shape::guest::{self, BatchGuest, Context, Event, Guest, Message};
+use atkafka_shape::guest::{self, Context, Event, Guest, Message, PackedGuest};
 
 struct Standard;
 
@@ -17,9 +17,15 @@ impl Guest for Standard {
     }
 }
 
-impl BatchGuest for Standard {
-    fn format_batch(events: Vec<(Event, Context)>) -> Vec<Result<Vec<Message>, String>> {
-        guest::format_each::<Standard>(events)
+impl PackedGuest for Standard {
+    fn format_packed(events: Vec<u8>) -> Vec<u8> {
+        let packed = guest::read_packed(&events);
+        let mut results = guest::result_writer(&events, packed.len());
+        for event in &packed {
+            results.messages(1);
+            results.message(|value| atkafka_shape::write_standard(value, &event.event), None, &[], None);
+        }
+        results.finish()
     }
 }
 

@@ -1,5 +1,5 @@
-//! Formatting several events in one guest call, through the `format-batch` export of the
-//! `batch-formatter` world.
+//! Formatting several events in one guest call, through the `format-packed` export of the
+//! `packed-formatter` world or the `format-batch` export of the `batch-formatter` world.
 //!
 //! Guarantees: a batch call returns one result per event, in order, and an event's result is
 //! what a `format` call would return for it: a guest error or an output limit fails that event
@@ -18,10 +18,13 @@
 
 use std::time::{Duration, Instant};
 
+use atkafka_shape::packed;
+
 use super::bindings::atkafka::formatter::types as wit;
-use super::convert::{from_wit, to_wit};
+use super::convert::{from_packed, from_wit, to_wit};
 use super::instance::{check_output, Bindings, FormatError, Formatter, Message};
 use crate::firehose::event::Event;
+use crate::standard_shape::view;
 
 /// The maximum number of events in one `format-batch` call, as the WIT contract promises guests.
 pub const MAX_BATCH_EVENTS: usize = 128;
@@ -29,6 +32,15 @@ pub const MAX_BATCH_EVENTS: usize = 128;
 /// The divisor of the call deadline that gives the time a batch call is sized to take, so that a
 /// batch of events that each take their usual time stays well under the deadline.
 const BATCH_DEADLINE_DIVISOR: u32 = 4;
+
+/// The largest `format-packed` event buffer a formatter keeps for its next call, in bytes.
+const MAX_KEPT_PACKED_BYTES: usize = 4 << 20;
+
+/// The reply of a batch call, by the export it went through.
+enum Reply {
+    Packed(wasmtime::Result<Vec<u8>>),
+    Typed(wasmtime::Result<Vec<Result<Vec<wit::Message>, String>>>),
+}
 
 /// One event of a batch, with the facts the host computed for it.
 #[derive(Clone, Copy, Debug)]
@@ -103,13 +115,14 @@ impl Formatter {
         results
     }
 
-    /// Formats `events` in one `format-batch` call and returns one result per event, in order.
+    /// Formats `events` in one batch call (`format-packed` when the component has it, else
+    /// `format-batch`) and returns one result per event, in order.
     ///
     /// Returns `None` when the caller must format the events one at a time with
-    /// [`Formatter::format`]. That happens without a guest call when the component has no
-    /// `format-batch` or there are fewer than two events. It also happens after a call that
-    /// trapped, ran past its deadline, hit the memory cap or returned a wrong number of results,
-    /// and then the instance is dropped.
+    /// [`Formatter::format`]. That happens without a guest call when the component has no batch
+    /// export or there are fewer than two events. It also happens after a call that trapped, ran
+    /// past its deadline, hit the memory cap, returned a wrong number of results or returned a
+    /// packed reply that does not follow the layout. Then the instance is dropped.
     ///
     /// # Panics
     ///
@@ -119,47 +132,82 @@ impl Formatter {
         if self.batch_sizer.is_none() || events.len() < 2 {
             return None;
         }
-        let arguments: Vec<(wit::Event<'_>, wit::Context)> = events
-            .iter()
-            .map(|event| {
-                let context = wit::Context { event_id: event.event_id, received_at_us: event.received_at_us };
-                (to_wit(event.event), context)
-            })
-            .collect();
-
         let started = Instant::now();
-        let live = match self.prepare_call() {
-            Ok(live) => live,
-            Err(error) => return self.fall_back(events.len(), &error),
-        };
-        let result = match &live.bindings {
-            Bindings::Batch(bindings) => bindings.atkafka_formatter_batch().call_format_batch(&mut live.store, &arguments),
-            Bindings::Single(_) => unreachable!("a component with a batch sizer is linked as a batch formatter"),
-        };
-        let elapsed = started.elapsed();
-        let results = match self.finish_call(result, events.len() as u64) {
+        let results = match self.call_batch(events) {
             Ok(results) => results,
             Err(error) => return self.fall_back(events.len(), &error),
         };
-        if results.len() != events.len() {
-            self.live = None;
-            let error = FormatError::Trap(format!("format-batch returned {} results for {} events", results.len(), events.len()));
-            return self.fall_back(events.len(), &error);
-        }
         if let Some(sizer) = &mut self.batch_sizer {
-            sizer.record_success(events.len(), elapsed);
+            sizer.record_success(events.len(), started.elapsed());
+        }
+        Some(results)
+    }
+
+    /// Makes one batch call through the component's batch export and checks each event's
+    /// messages against the output limits. An error means the call failed as a whole; the
+    /// instance is then gone.
+    fn call_batch(&mut self, events: &[BatchEvent<'_>]) -> Result<Vec<Result<Vec<Message>, FormatError>>, FormatError> {
+        let limits = self.limits;
+        let mut packed_events = std::mem::take(&mut self.packed_events);
+        let live = self.prepare_call()?;
+        let reply = match &live.bindings {
+            Bindings::Packed(bindings) => {
+                packed::begin_events(&mut packed_events, events.len());
+                for event in events {
+                    packed::put_event(&mut packed_events, &view(event.event), event.event_id, event.received_at_us);
+                }
+                Reply::Packed(bindings.atkafka_formatter_packed().call_format_packed(&mut live.store, &packed_events))
+            }
+            Bindings::Batch(bindings) => {
+                let arguments: Vec<(wit::Event<'_>, wit::Context)> = events
+                    .iter()
+                    .map(|event| {
+                        let context = wit::Context { event_id: event.event_id, received_at_us: event.received_at_us };
+                        (to_wit(event.event), context)
+                    })
+                    .collect();
+                Reply::Typed(bindings.atkafka_formatter_batch().call_format_batch(&mut live.store, &arguments))
+            }
+            Bindings::Single(_) => unreachable!("a component with a batch sizer is linked as a batch formatter"),
+        };
+        // A buffer grown by one batch of huge records is not kept for the life of the formatter.
+        if packed_events.capacity() <= MAX_KEPT_PACKED_BYTES {
+            self.packed_events = packed_events;
         }
 
-        let limits = self.limits;
-        let results = results
-            .into_iter()
-            .map(|result| {
-                let messages = result.map_err(FormatError::Guest)?;
-                check_output(&messages, &limits)?;
-                Ok(messages.into_iter().map(from_wit).collect())
-            })
-            .collect();
-        Some(results)
+        let results: Vec<Result<Vec<Message>, FormatError>> = match reply {
+            Reply::Packed(reply) => {
+                let reply = self.finish_call(reply, events.len() as u64)?;
+                let results = packed::read_results(&reply).map_err(|error| {
+                    self.live = None;
+                    FormatError::Trap(format!("format-packed returned a {error}"))
+                })?;
+                results
+                    .into_iter()
+                    .map(|result| {
+                        let messages = result.map_err(|error| FormatError::Guest(error.to_owned()))?;
+                        check_output(messages.len(), messages.iter().map(|message| message.value.len()), &limits)?;
+                        Ok(messages.into_iter().map(from_packed).collect())
+                    })
+                    .collect()
+            }
+            Reply::Typed(reply) => {
+                let results = self.finish_call(reply, events.len() as u64)?;
+                results
+                    .into_iter()
+                    .map(|result| {
+                        let messages = result.map_err(FormatError::Guest)?;
+                        check_output(messages.len(), messages.iter().map(|message| message.value.len()), &limits)?;
+                        Ok(messages.into_iter().map(from_wit).collect())
+                    })
+                    .collect()
+            }
+        };
+        if results.len() != events.len() {
+            self.live = None;
+            return Err(FormatError::Trap(format!("the batch call returned {} results for {} events", results.len(), events.len())));
+        }
+        Ok(results)
     }
 
     /// Counts and logs a batch call that failed as a whole, and halves the batch size. Returns

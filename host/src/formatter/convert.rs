@@ -1,5 +1,7 @@
 //! Conversion between host events and messages and the guest-facing types of the `formatter`
-//! world.
+//! world, and of messages out of a `format-packed` reply.
+
+use atkafka_shape::packed::PackedMessage;
 
 use super::bindings::atkafka::formatter::types as wit;
 use super::instance::Message;
@@ -41,6 +43,16 @@ pub fn to_wit(event: &Event) -> wit::Event<'_> {
             wit::Event::Sync(wit::SyncEvent { did: &sync.did, seq: sync.seq, time: &sync.time, rev: &sync.rev })
         }
         Event::Info(info) => wit::Event::Info(wit::InfoEvent { name: &info.name, message: info.message.as_deref() }),
+    }
+}
+
+/// Copies a message out of a `format-packed` reply.
+pub fn from_packed(message: PackedMessage<'_>) -> Message {
+    Message {
+        value: message.value.to_vec(),
+        key: message.key.map(<[u8]>::to_vec),
+        headers: message.headers.into_iter().map(|(key, value)| (key.to_owned(), value.to_vec())).collect(),
+        topic: message.topic.map(str::to_owned),
     }
 }
 

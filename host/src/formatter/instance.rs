@@ -17,6 +17,7 @@ use super::batch::BatchSizer;
 use super::batch_bindings::{BatchFormatter as BatchFormatterBindings, BatchFormatterPre};
 use super::bindings::atkafka::formatter::types as wit;
 use super::bindings::{Formatter as FormatterBindings, FormatterPre};
+use super::packed_bindings::{PackedFormatter as PackedFormatterBindings, PackedFormatterPre};
 use super::builtin::FormatterSource;
 use super::convert::{from_wit, to_wit};
 use super::engine::{deadline_ticks, FormatterEngine, GuestState};
@@ -102,12 +103,14 @@ impl FormatError {
 enum Pre {
     Single(FormatterPre<GuestState>),
     Batch(BatchFormatterPre<GuestState>),
+    Packed(PackedFormatterPre<GuestState>),
 }
 
 /// The exports of a live instance.
 pub(super) enum Bindings {
     Single(FormatterBindings),
     Batch(BatchFormatterBindings),
+    Packed(PackedFormatterBindings),
 }
 
 pub(super) struct Live {
@@ -126,8 +129,11 @@ pub struct Formatter {
     pub(super) live: Option<Live>,
     output_log: LogLimiter,
     pub(super) failure_log: LogLimiter,
-    /// The number of events per batch call; `None` when the component has no `format-batch`.
+    /// The number of events per batch call; `None` when the component has neither
+    /// `format-batch` nor `format-packed`.
     pub(super) batch_sizer: Option<BatchSizer>,
+    /// The buffer `format-packed` calls encode their events into, kept between calls.
+    pub(super) packed_events: Vec<u8>,
     peak_memory_bytes: usize,
     recycles: u64,
     deadline_retries: u64,
@@ -154,7 +160,7 @@ impl Formatter {
             .with_context(|| format!("formatter `{name}` imports something the host does not provide"))?;
         let pre = link_exports(&name, &component, instance_pre)?;
         let batch_sizer = match pre {
-            Pre::Batch(_) => Some(BatchSizer::new(limits.timeout)),
+            Pre::Batch(_) | Pre::Packed(_) => Some(BatchSizer::new(limits.timeout)),
             Pre::Single(_) => None,
         };
 
@@ -168,6 +174,7 @@ impl Formatter {
             output_log: LogLimiter::default(),
             failure_log: LogLimiter::default(),
             batch_sizer,
+            packed_events: Vec::new(),
             peak_memory_bytes: 0,
             recycles: 0,
             deadline_retries: 0,
@@ -189,6 +196,7 @@ impl Formatter {
         let instantiated = match &self.pre {
             Pre::Single(pre) => pre.instantiate(&mut store).map(Bindings::Single),
             Pre::Batch(pre) => pre.instantiate(&mut store).map(Bindings::Batch),
+            Pre::Packed(pre) => pre.instantiate(&mut store).map(Bindings::Packed),
         };
         let bindings = match instantiated {
             Ok(bindings) => bindings,
@@ -199,6 +207,7 @@ impl Formatter {
         let configured = match &bindings {
             Bindings::Single(bindings) => bindings.call_configure(&mut store, &options),
             Bindings::Batch(bindings) => bindings.call_configure(&mut store, &options),
+            Bindings::Packed(bindings) => bindings.call_configure(&mut store, &options),
         };
         log_guest_output(&mut self.output_log, &self.name, store.data());
         match configured {
@@ -232,13 +241,14 @@ impl Formatter {
         let result = match &live.bindings {
             Bindings::Single(bindings) => bindings.call_format(&mut live.store, event, context),
             Bindings::Batch(bindings) => bindings.call_format(&mut live.store, event, context),
+            Bindings::Packed(bindings) => bindings.call_format(&mut live.store, event, context),
         };
         let result = self.finish_call(result, 1)?;
         if let (Some(sizer), Some(started)) = (&mut self.batch_sizer, started) {
             sizer.record_success(1, started.elapsed());
         }
         let messages = result.map_err(FormatError::Guest)?;
-        check_output(&messages, &self.limits)?;
+        check_output(messages.len(), messages.iter().map(|message| message.value.len()), &self.limits)?;
         Ok(messages.into_iter().map(from_wit).collect())
     }
 
@@ -315,13 +325,21 @@ impl Formatter {
     }
 }
 
-/// Links the component's exports: the `batch-formatter` world when the component exports the
-/// batch interface, else the `formatter` world.
+/// Links the component's exports: the `packed-formatter` world when the component exports the
+/// packed interface, else the `batch-formatter` world when it exports the batch interface, else
+/// the `formatter` world.
 fn link_exports(
     name: &str,
     component: &Component,
     instance_pre: wasmtime::component::InstancePre<GuestState>,
 ) -> anyhow::Result<Pre> {
+    let packed_interface = "atkafka:formatter/packed@0.1.0";
+    if component.get_export_index(None, packed_interface).is_some() {
+        let pre = PackedFormatterPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
+            format!("formatter `{name}` exports {packed_interface} but does not match the atkafka:formatter packed-formatter world")
+        })?;
+        return Ok(Pre::Packed(pre));
+    }
     let batch_interface = "atkafka:formatter/batch@0.1.0";
     if component.get_export_index(None, batch_interface).is_none() {
         let pre = FormatterPre::new(instance_pre)
@@ -345,19 +363,22 @@ fn log_guest_output(limiter: &mut LogLimiter, formatter: &str, state: &GuestStat
     }
 }
 
-/// Checks the messages of one event against the output limits.
-pub(super) fn check_output(messages: &[wit::Message], limits: &FormatterLimits) -> Result<(), FormatError> {
-    if messages.len() > limits.max_messages_per_event {
+/// Checks the messages of one event, given as their number and the lengths of their values,
+/// against the output limits.
+pub(super) fn check_output(
+    count: usize,
+    mut value_lengths: impl Iterator<Item = usize>,
+    limits: &FormatterLimits,
+) -> Result<(), FormatError> {
+    if count > limits.max_messages_per_event {
         return Err(FormatError::OutputLimit(format!(
-            "{} messages for one event, the limit is {}",
-            messages.len(),
+            "{count} messages for one event, the limit is {}",
             limits.max_messages_per_event
         )));
     }
-    if let Some(message) = messages.iter().find(|message| message.value.len() > limits.max_message_bytes) {
+    if let Some(length) = value_lengths.find(|length| *length > limits.max_message_bytes) {
         return Err(FormatError::OutputLimit(format!(
-            "a message of {} bytes, the limit is {}",
-            message.value.len(),
+            "a message of {length} bytes, the limit is {}",
             limits.max_message_bytes
         )));
     }

@@ -25,6 +25,19 @@ pub mod batch_bindings {
     });
 }
 
+pub mod packed_bindings {
+    //! Host-side bindings of the `packed-formatter` world in `wit/`, sharing the types of
+    //! [`super::bindings`].
+    wasmtime::component::bindgen!({
+        world: "packed-formatter",
+        path: "../wit",
+        ownership: Borrowing { duplicate_if_necessary: false },
+        with: {
+            "atkafka:formatter/types": super::bindings::atkafka::formatter::types,
+        },
+    });
+}
+
 mod batch;
 mod builtin;
 mod convert;
