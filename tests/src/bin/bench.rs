@@ -6,10 +6,12 @@
 //!    events (as a tenant formats them) and natively, and their ratio. Also the guest with one
 //!    event a call, as for a formatter without `format-batch`;
 //! 3. end to end: a loopback relay sends generated frames as fast as the host reads them, and the
-//!    host produces into a Tansu broker: frames/s, messages/s, CPU seconds per 1000 frames, peak
-//!    RSS (and the same on the real capture cycled with rewritten seqs);
+//!    host produces into a Tansu broker: frames/s, messages/s, CPU seconds per 1000 frames of the
+//!    host, the relay and the broker, peak RSS (and the rate on the real capture cycled with
+//!    rewritten seqs);
 //! 4. the Kafka-side limit: a plain rdkafka producer sending the same messages with the same keys
-//!    and settings into the same broker, and the ratio of (3) to it;
+//!    and settings into the same broker, the CPU it and the broker spend, and the ratio of (3) to
+//!    it;
 //! 5. latency at 2000 frames/s: p50 and p99 from frame receipt to acknowledgement, after a 2 s
 //!    warm-up, and the p99 of the whole run;
 //! 6. memory: RSS after 100 000 and after 1 000 000 events;
@@ -151,6 +153,10 @@ struct HostRun {
     frames_per_second: f64,
     messages_per_second: f64,
     cpu_per_1000_frames: f64,
+    /// CPU seconds of this process, which runs the relay, per 1000 frames.
+    relay_cpu_per_1000_frames: f64,
+    /// CPU seconds of the broker per 1000 frames.
+    broker_cpu_per_1000_frames: f64,
     peak_rss: u64,
     rss_samples: Vec<(usize, u64)>,
     metrics: String,
@@ -177,6 +183,7 @@ fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, r
     let mut args = host_args(&relay, broker, &topic, &metrics_address);
     args.extend(["--topic-partitions".to_owned(), "4".to_owned()]);
     let mut host = HostProcess::start(&args);
+    let (broker_cpu_before, relay_cpu_before) = (process_usage(broker.pid()).0, process_usage(std::process::id()).0);
     let last_seq = (FIRST_SEQ + total as i64 - 1) as f64;
     let mut rss_samples = Vec::new();
     let mut warm_metrics = None;
@@ -199,12 +206,16 @@ fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, r
     };
     let elapsed = relay.started.lock().unwrap().expect("the host connected").elapsed().as_secs_f64();
     let (cpu, peak_rss, _) = process_usage(host.pid());
+    let broker_cpu = process_usage(broker.pid()).0 - broker_cpu_before;
+    let relay_cpu = process_usage(std::process::id()).0 - relay_cpu_before;
     let messages = metric_value(&metrics, "atkafka_produced_events{status=\"ok\"}").unwrap_or(0.0);
     let _ = host.terminate(Duration::from_secs(60));
     HostRun {
         frames_per_second: total as f64 / elapsed,
         messages_per_second: messages / elapsed,
         cpu_per_1000_frames: cpu / total as f64 * 1000.0,
+        relay_cpu_per_1000_frames: relay_cpu / total as f64 * 1000.0,
+        broker_cpu_per_1000_frames: broker_cpu / total as f64 * 1000.0,
         peak_rss,
         rss_samples,
         metrics,
@@ -258,7 +269,7 @@ fn histogram_quantile(later: &str, earlier: &str, name: &str, quantile: f64) -> 
 /// Measures the Kafka-side limit: the same standard messages, keyed by DID, sent with the host's producer
 /// settings by a plain rdkafka producer, its delivery reports awaited in order on another thread
 /// as the host does. Returns messages per second.
-fn kafka_limit(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize) -> f64 {
+fn kafka_limit(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize) -> LimitRun {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -274,6 +285,7 @@ fn kafka_limit(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize) ->
             delivery.await.expect("a delivery report").expect("delivered");
         }
     });
+    let (broker_cpu_before, producer_cpu_before) = (process_usage(broker.pid()).0, process_usage(std::process::id()).0);
     let started = Instant::now();
     for index in 0..total {
         let (key, value) = &messages[index % messages.len()];
@@ -292,7 +304,20 @@ fn kafka_limit(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize) ->
     }
     drop(sender);
     runtime.block_on(checker).unwrap();
-    total as f64 / started.elapsed().as_secs_f64()
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_1000 = |cpu: f64| cpu / total as f64 * 1000.0;
+    LimitRun {
+        messages_per_second: total as f64 / elapsed,
+        producer_cpu_per_1000: per_1000(process_usage(std::process::id()).0 - producer_cpu_before),
+        broker_cpu_per_1000: per_1000(process_usage(broker.pid()).0 - broker_cpu_before),
+    }
+}
+
+/// The plain producer's rate, and CPU seconds per 1000 messages of the producer and the broker.
+struct LimitRun {
+    messages_per_second: f64,
+    producer_cpu_per_1000: f64,
+    broker_cpu_per_1000: f64,
 }
 
 /// Latency of a plain rdkafka producer at `rate` messages a second, from send to acknowledgement:
@@ -319,6 +344,7 @@ fn kafka_latency(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize, 
         }
         latencies
     });
+    let (broker_cpu_before, producer_cpu_before) = (process_usage(broker.pid()).0, process_usage(std::process::id()).0);
     let started = Instant::now();
     for index in 0..total {
         let (key, value) = &messages[index % messages.len()];
@@ -480,6 +506,12 @@ fn main() -> anyhow::Result<()> {
     row("3. end to end (frames/s)", format!("{:.0}", median(&mut frames)));
     row("3. end to end (messages/s)", format!("{end_to_end:.0}"));
     row("3. CPU seconds per 1000 frames", format!("{:.3}", median(&mut cpu)));
+    let mut relay_cpu: Vec<f64> = e2e.iter().map(|run| run.relay_cpu_per_1000_frames).collect();
+    let mut broker_cpu: Vec<f64> = e2e.iter().map(|run| run.broker_cpu_per_1000_frames).collect();
+    row(
+        "3. CPU seconds per 1000 frames of the relay / the broker",
+        format!("{:.3} / {:.3}", median(&mut relay_cpu), median(&mut broker_cpu)),
+    );
     row("3. peak RSS", format!("{:.1} MB", median(&mut rss) / 1e6));
 
     let capture_path = fixtures_dir().join("relay-capture/frames.bin.zst");
@@ -505,8 +537,15 @@ fn main() -> anyhow::Result<()> {
         eprintln!("plain producer, run {}: {e2e_frames} messages", run + 1);
         limits.push(kafka_limit(&broker, &sample, e2e_frames));
     }
-    let limit = median(&mut limits);
+    let mut rates: Vec<f64> = limits.iter().map(|run| run.messages_per_second).collect();
+    let mut producer_cpu: Vec<f64> = limits.iter().map(|run| run.producer_cpu_per_1000).collect();
+    let mut broker_cpu: Vec<f64> = limits.iter().map(|run| run.broker_cpu_per_1000).collect();
+    let limit = median(&mut rates);
     row("4. plain rdkafka producer (messages/s)", format!("{limit:.0}"));
+    row(
+        "4. CPU seconds per 1000 messages of the plain producer / the broker",
+        format!("{:.3} / {:.3}", median(&mut producer_cpu), median(&mut broker_cpu)),
+    );
     row("4. end to end / plain producer", format!("{:.2}", end_to_end / limit));
 
     // 5. latency at the live firehose's rate, in the steady state. The first 2 s are left out,
