@@ -344,7 +344,6 @@ fn kafka_latency(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize, 
         }
         latencies
     });
-    let (broker_cpu_before, producer_cpu_before) = (process_usage(broker.pid()).0, process_usage(std::process::id()).0);
     let started = Instant::now();
     for index in 0..total {
         let (key, value) = &messages[index % messages.len()];
