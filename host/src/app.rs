@@ -26,6 +26,7 @@ use crate::pipeline::Pipeline;
 use crate::tenant::policy::ErrorPolicy;
 use crate::tenant::worker::TenantWorker;
 use crate::tenant::TenantSpec;
+use crate::raw_frames::BufferPool;
 use crate::relay::{InFlight, RelayOptions};
 use crate::{kafka, relay};
 
@@ -171,9 +172,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let last_seq = Arc::new(AtomicI64::new(start_cursor.unwrap_or(-1)));
     let in_flight = InFlight::default();
+    let buffers = BufferPool::default();
     let pipeline = Pipeline {
         tenants: tenant_senders,
         in_flight: in_flight.clone(),
+        buffers: buffers.clone(),
         metrics: metrics.clone(),
         event_ids: EventIds::new(settings.instance_id),
         last_seq: last_seq.clone(),
@@ -193,6 +196,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let reader = tokio::spawn(relay::read_relay(
         relay_options,
         frame_sender,
+        buffers,
         in_flight,
         last_seq,
         metrics.clone(),

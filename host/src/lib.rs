@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod raw_frames;
 pub mod relay;
 pub mod skip;
 pub mod standard_shape;

@@ -20,7 +20,8 @@ use crate::firehose::decode::{decode, DecodedFrame};
 use crate::firehose::event::Event;
 use crate::metrics::Metrics;
 use crate::ratelimit::LogLimiter;
-use crate::relay::{InFlight, RawFrame};
+use crate::raw_frames::{BufferPool, RawBatch};
+use crate::relay::InFlight;
 use crate::tenant::worker::FrameBatch;
 
 pub struct Pipeline {
@@ -28,6 +29,8 @@ pub struct Pipeline {
     pub tenants: Vec<mpsc::Sender<Vec<Arc<FrameBatch>>>>,
     /// Frames read and not yet decoded, shared with the relay reader.
     pub in_flight: InFlight,
+    /// The pool through which decoded batches return their buffers to the relay reader.
+    pub buffers: BufferPool,
     pub metrics: Arc<Metrics>,
     pub event_ids: EventIds,
     /// The last seq decoded, shared with the relay reader to resume after a reconnect. It starts
@@ -48,17 +51,18 @@ struct Logs {
 impl Pipeline {
     /// Processes frames until the relay side of the queue closes and the queue is empty, or a
     /// tenant stops.
-    pub fn run(mut self, mut frames: mpsc::Receiver<Vec<RawFrame>>) {
+    pub fn run(mut self, mut frames: mpsc::Receiver<RawBatch>) {
         let mut logs = Logs::default();
         while let Some(raw_frames) = frames.blocking_recv() {
             let mut batches = Vec::with_capacity(raw_frames.len());
             let mut labels = Vec::with_capacity(raw_frames.len());
-            for raw in raw_frames {
-                let (batch, label) = self.decode_frame(&raw, &mut logs);
+            for (bytes, received_at_us) in raw_frames.frames() {
+                let (batch, label) = self.decode_frame(bytes, received_at_us, &mut logs);
                 batches.push(Arc::new(batch));
                 labels.push(label);
                 self.in_flight.done(1);
             }
+            self.buffers.give(raw_frames.into_buffer());
             self.count_batch(&batches, &labels);
             for tenant in &self.tenants {
                 if tenant.blocking_send(batches.clone()).is_err() {
@@ -69,15 +73,16 @@ impl Pipeline {
         }
     }
 
-    /// Decodes one frame and returns its events with their ids, and the frame's type label.
-    fn decode_frame(&mut self, raw: &RawFrame, logs: &mut Logs) -> (FrameBatch, &'static str) {
-        let decoded = decode(&raw.bytes);
+    /// Decodes one frame, read at `received_at_us`, and returns its events with their ids, and
+    /// the frame's type label.
+    fn decode_frame(&mut self, bytes: &[u8], received_at_us: u64, logs: &mut Logs) -> (FrameBatch, &'static str) {
+        let decoded = decode(bytes);
         self.record_frame(&decoded, logs);
         let mut events = Vec::with_capacity(decoded.events.len());
         for event in decoded.events {
             events.push((event, self.event_ids.next_id()));
         }
-        let batch = FrameBatch { seq: decoded.seq, did: decoded.did, events, received_at_us: raw.received_at_us };
+        let batch = FrameBatch { seq: decoded.seq, did: decoded.did, events, received_at_us };
         (batch, decoded.label)
     }
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::ratelimit::LogLimiter;
+use crate::raw_frames::{BufferPool, RawBatch};
 use crate::skip::SkipReason;
 
 const SUBSCRIBE_PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
@@ -46,13 +47,6 @@ pub struct RelayOptions {
 /// Frames handed to the decoder at once, at most. The reader sends what the socket has ready, up
 /// to this many, so that a busy stream costs one queue handoff per batch rather than per frame.
 const MAX_BATCH_FRAMES: usize = 128;
-
-/// One binary WebSocket message as the relay sent it.
-pub struct RawFrame {
-    pub bytes: bytes::Bytes,
-    /// When the frame was read, in microseconds since the Unix epoch.
-    pub received_at_us: u64,
-}
 
 /// Builds the subscription URL from a `--relay-host` value: `wss://host`, `ws://host:port`,
 /// `https://host` (as wss), `http://host` (as ws) or a bare host (as wss).
@@ -101,7 +95,7 @@ impl InFlight {
 
 /// Waits until the decoder has decoded every frame read, so that the last seq decoded is the last
 /// seq received.
-async fn wait_for_drain(in_flight: &InFlight, frames: &mpsc::Sender<Vec<RawFrame>>, cancel: &CancellationToken) {
+async fn wait_for_drain(in_flight: &InFlight, frames: &mpsc::Sender<RawBatch>, cancel: &CancellationToken) {
     while in_flight.count() > 0 && !frames.is_closed() && !cancel.is_cancelled() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -109,10 +103,11 @@ async fn wait_for_drain(in_flight: &InFlight, frames: &mpsc::Sender<Vec<RawFrame
 
 /// Reads the relay until `cancel` fires, reconnecting after every failure. `resume_seq` contains the
 /// last seq decoded (negative for none): the first connection and every reconnect ask for the
-/// frames after it.
+/// frames after it. Batches are copied into buffers from `buffers`.
 pub async fn read_relay(
     options: RelayOptions,
-    frames: mpsc::Sender<Vec<RawFrame>>,
+    frames: mpsc::Sender<RawBatch>,
+    buffers: BufferPool,
     in_flight: InFlight,
     resume_seq: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
@@ -135,7 +130,7 @@ pub async fn read_relay(
                 metrics.relay_connections.with_label_values(&["connected"]).inc();
                 tracing::info!(url = %request_url, "connected to the relay");
                 let mut received_any = false;
-                let mut batch: Vec<RawFrame> = Vec::with_capacity(MAX_BATCH_FRAMES);
+                let mut batch = RawBatch::new(buffers.take());
                 let ended = loop {
                     // Wait for the first message of a batch, then take whatever else is ready.
                     let message = if batch.is_empty() {
@@ -158,7 +153,8 @@ pub async fn read_relay(
                         // Nothing more is ready: hand the batch over.
                         in_flight.add(batch.len());
                         metrics.frame_queue_depth.set(in_flight.count() as i64);
-                        if frames.send(std::mem::take(&mut batch)).await.is_err() {
+                        let full = std::mem::replace(&mut batch, RawBatch::new(buffers.take()));
+                        if frames.send(full).await.is_err() {
                             // The decoder has stopped; the host is shutting down.
                             return;
                         }
@@ -182,7 +178,7 @@ pub async fn read_relay(
                                 }
                                 continue;
                             }
-                            batch.push(RawFrame { bytes, received_at_us: now_us() });
+                            batch.push(&bytes, now_us());
                         }
                         Some(Ok(Message::Close(close))) => {
                             break ("closed", format!("the relay closed the connection: {close:?}"))
@@ -195,7 +191,7 @@ pub async fn read_relay(
                 // Frames read before the connection ended still go to the decoder.
                 if !batch.is_empty() {
                     in_flight.add(batch.len());
-                    if frames.send(std::mem::take(&mut batch)).await.is_err() {
+                    if frames.send(batch).await.is_err() {
                         return;
                     }
                 }
