@@ -33,8 +33,7 @@ use atkafka_integration_tests::broker::{free_port, Broker};
 use atkafka_integration_tests::fixtures::{fixtures_dir, read_capture};
 use atkafka_integration_tests::host::{http_get, metric_value, HostProcess};
 use atkafka_integration_tests::synthetic::{patch_seq, realistic_commit, seq_offset, SplitMix};
-use futures::SinkExt;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::io::AsyncWriteExt;
 
 const FIRST_SEQ: i64 = 1 << 33;
 const POOL_FRAMES: usize = 20_000;
@@ -77,6 +76,31 @@ impl Pool {
     }
 }
 
+/// Returns a topic name that no earlier step of this run used. The steps share one broker, and a
+/// name made from a free port can repeat.
+fn unique_topic(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("{prefix}-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The bytes the relay collects before it writes them to the socket.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Appends the header of an unmasked, final, binary WebSocket frame (RFC 6455, section 5.2) with
+/// a payload of `length` bytes.
+fn push_websocket_header(out: &mut Vec<u8>, length: usize) {
+    out.push(0x82);
+    if length < 126 {
+        out.push(length as u8);
+    } else if let Ok(length) = u16::try_from(length) {
+        out.push(126);
+        out.extend_from_slice(&length.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(length as u64).to_be_bytes());
+    }
+}
+
 /// A loopback relay that sends `total` frames cycled from the pool with increasing seqs, as fast
 /// as the reader takes them or at `rate` frames a second.
 struct StreamRelay {
@@ -98,24 +122,28 @@ impl StreamRelay {
             let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
             let started = Instant::now();
             *first_send.lock().unwrap() = Some(started);
+            // The frames go out as ready-made WebSocket frames written straight to the socket, in
+            // chunks of about CHUNK_BYTES, so that the relay takes as little of the cores the
+            // host and the broker share as it can. A relay on another machine would take none.
+            let mut chunk = Vec::with_capacity(CHUNK_BYTES + 64 * 1024);
             for index in 0..total {
                 let slot = index % pool.frames.len();
-                let mut frame = pool.frames[slot].clone();
-                patch_seq(&mut frame, pool.offsets[slot], FIRST_SEQ + index as i64);
-                if socket.feed(Message::binary(frame)).await.is_err() {
-                    return;
-                }
-                if let Some(rate) = rate {
-                    let due = started + Duration::from_secs_f64((index + 1) as f64 / f64::from(rate));
-                    if socket.flush().await.is_err() {
+                let frame = &pool.frames[slot];
+                push_websocket_header(&mut chunk, frame.len());
+                let start = chunk.len();
+                chunk.extend_from_slice(frame);
+                patch_seq(&mut chunk[start..], pool.offsets[slot], FIRST_SEQ + index as i64);
+                let due = rate.map(|rate| started + Duration::from_secs_f64((index + 1) as f64 / f64::from(rate)));
+                if due.is_some() || chunk.len() >= CHUNK_BYTES || index + 1 == total {
+                    if socket.get_mut().write_all(&chunk).await.is_err() {
                         return;
                     }
+                    chunk.clear();
+                }
+                if let Some(due) = due {
                     tokio::time::sleep_until(due.into()).await;
-                } else if index % 64 == 63 && socket.flush().await.is_err() {
-                    return;
                 }
             }
-            let _ = socket.flush().await;
             while let Some(Ok(_)) = futures::StreamExt::next(&mut socket).await {}
         });
         StreamRelay { address, runtime: Some(runtime), started: started_at }
@@ -177,7 +205,7 @@ fn host_args(relay: &StreamRelay, broker: &Broker, topic: &str, metrics_address:
 /// Runs the host binary against a stream relay until it acknowledged `total` frames. The metrics
 /// are also kept as they were when `warm_up` frames were acknowledged.
 fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, rss_at: &[usize], warm_up: usize) -> HostRun {
-    let topic = format!("bench-{}", free_port());
+    let topic = unique_topic("bench");
     let relay = StreamRelay::start(pool, total, rate);
     let metrics_address = format!("127.0.0.1:{}", free_port());
     let mut args = host_args(&relay, broker, &topic, &metrics_address);
@@ -273,7 +301,7 @@ fn kafka_limit(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize) ->
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let topic = format!("limit-{}", free_port());
+    let topic = unique_topic("limit");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     runtime.block_on(broker.create_topic(&topic, 4));
     let config = atkafka_host::kafka::producer::client_config(&broker.address, &[]);
@@ -325,7 +353,7 @@ struct LimitRun {
 fn kafka_latency(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize, rate: u32) -> (f64, f64) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let topic = format!("latency-{}", free_port());
+    let topic = unique_topic("latency");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     runtime.block_on(broker.create_topic(&topic, 4));
     let overrides: Vec<(String, String)> = std::env::var("BENCH_PLAIN_PROPERTIES")
@@ -361,7 +389,7 @@ fn kafka_latency(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize, 
 /// Time from process start to the first acknowledged message, with compiled components cached.
 fn startup(broker: &Broker, pool: Arc<Pool>) -> f64 {
     let relay = StreamRelay::start(pool, 1000, None);
-    let topic = format!("startup-{}", free_port());
+    let topic = unique_topic("startup");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(broker.create_topic(&topic, 1));
     let metrics_address = format!("127.0.0.1:{}", free_port());
