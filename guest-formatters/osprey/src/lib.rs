@@ -28,13 +28,9 @@ impl Guest for Osprey {
 
 impl PackedGuest for Osprey {
     fn format_packed(events: Vec<u8>) -> Vec<u8> {
-        let packed = guest::read_packed(&events);
-        let mut results = guest::result_writer(&events, packed.len());
-        for event in &packed {
-            results.messages(1);
-            results.message(|value| write_envelope(value, &event.event, event.event_id, event.received_at_us), None, &[], None);
-        }
-        results.finish()
+        guest::format_packed_one_each(&events, |value, event| {
+            write_envelope(value, &event.event, event.event_id, event.received_at_us)
+        })
     }
 }
 

@@ -29,6 +29,18 @@ pub fn result_writer(events: &[u8], count: usize) -> ResultWriter {
     ResultWriter::new(count, events.len() + count * 256)
 }
 
+/// Formats each event of a `format-packed` call into one message, keyed by the host's default,
+/// whose value `write` appends to the buffer it is given.
+pub fn format_packed_one_each(events: &[u8], write: impl Fn(&mut Vec<u8>, &PackedEvent<'_>)) -> Vec<u8> {
+    let packed = read_packed(events);
+    let mut results = result_writer(events, packed.len());
+    for event in &packed {
+        results.messages(1);
+        results.message(|value| write(value, event), None, &[], None);
+    }
+    results.finish()
+}
+
 /// Formats each event of a packed batch with `G::format`, in order, for guests that work on the
 /// typed events: `format-packed` with the same results as `format`.
 pub fn format_each<G: Guest>(events: &[u8]) -> Vec<Result<Vec<Message>, String>> {

@@ -19,13 +19,7 @@ impl Guest for Standard {
 
 impl PackedGuest for Standard {
     fn format_packed(events: Vec<u8>) -> Vec<u8> {
-        let packed = guest::read_packed(&events);
-        let mut results = guest::result_writer(&events, packed.len());
-        for event in &packed {
-            results.messages(1);
-            results.message(|value| atkafka_shape::write_standard(value, &event.event), None, &[], None);
-        }
-        results.finish()
+        guest::format_packed_one_each(&events, |value, event| atkafka_shape::write_standard(value, &event.event))
     }
 }
 
