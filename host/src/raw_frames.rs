@@ -10,8 +10,8 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Emptied buffers the pool keeps, at most: enough for every batch the frame queue holds, plus
-/// the one the reader fills and the one the decoder reads.
+/// The maximum number of emptied buffers the pool keeps: enough for every batch the frame queue
+/// holds, plus the one the reader fills and the one the decoder reads.
 const MAX_POOLED_BUFFERS: usize = 20;
 /// A buffer larger than this, in bytes, is freed instead of kept, so that one burst of large
 /// frames does not hold memory for the rest of the run.

@@ -1,6 +1,7 @@
 //! The standard JSON shape rendered natively in the host, with the same code the built-in
 //! `standard` guest runs. The host uses it for dead-letter messages, and tests and benchmarks
-//! use it as the native baseline of the guest.
+//! use it as the native baseline of the guest. Its view of an event is also what the host
+//! encodes into `format-packed` calls.
 
 use atkafka_shape::EventView;
 

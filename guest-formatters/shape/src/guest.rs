@@ -1,6 +1,6 @@
 //! The bindings of the `packed-formatter` world, generated once for every guest built on this
-//! crate, the conversion of their events into [`EventView`]s, and the reading and writing of
-//! packed batches.
+//! crate. Also the conversion of their events into [`EventView`]s, and the reading and writing
+//! of packed batches.
 
 use crate::packed::{self, PackedEvent, ResultWriter};
 use crate::{Action, EventView};

@@ -137,9 +137,9 @@ impl<'a> Reader<'a> {
     fn take(&mut self, length: usize) -> Result<&'a [u8], LayoutError> {
         let end = self.offset.checked_add(length).filter(|end| *end <= self.bytes.len());
         let end = end.ok_or_else(|| self.error("the buffer ends inside a field"))?;
-        let taken = &self.bytes[self.offset..end];
+        let field = &self.bytes[self.offset..end];
         self.offset = end;
-        Ok(taken)
+        Ok(field)
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], LayoutError> {
@@ -502,6 +502,30 @@ mod tests {
         let mut bad_result = writer.finish();
         bad_result[4] = 2;
         assert!(read_results(&bad_result).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_a_reader() {
+        // A fixed xorshift sequence: the same buffers on every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid = packed_events();
+        for _ in 0..2000 {
+            let length = (next() % 96) as usize;
+            let random: Vec<u8> = (0..length).map(|_| next() as u8).collect();
+            let _ = read_events(&random);
+            let _ = read_results(&random);
+
+            let mut flipped = valid.clone();
+            let index = next() as usize % flipped.len();
+            flipped[index] ^= 1 << (next() % 8);
+            let _ = read_events(&flipped);
+        }
     }
 
     #[test]

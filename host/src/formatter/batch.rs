@@ -144,8 +144,8 @@ impl Formatter {
     }
 
     /// Makes one batch call through the component's batch export and checks each event's
-    /// messages against the output limits. An error means the call failed as a whole; the
-    /// instance is then gone.
+    /// messages against the output limits. An error means the call failed as a whole, and the
+    /// instance was dropped.
     fn call_batch(&mut self, events: &[BatchEvent<'_>]) -> Result<Vec<Result<Vec<Message>, FormatError>>, FormatError> {
         let limits = self.limits;
         let mut packed_events = std::mem::take(&mut self.packed_events);

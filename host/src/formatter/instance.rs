@@ -129,7 +129,7 @@ pub struct Formatter {
     pub(super) live: Option<Live>,
     output_log: LogLimiter,
     pub(super) failure_log: LogLimiter,
-    /// The number of events per batch call; `None` when the component has neither
+    /// The number of events per batch call, or `None` when the component has neither
     /// `format-batch` nor `format-packed`.
     pub(super) batch_sizer: Option<BatchSizer>,
     /// The buffer `format-packed` calls encode their events into, kept between calls.
