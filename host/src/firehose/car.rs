@@ -8,10 +8,10 @@
 //! Guarantees: every block of a CAR that reads without error is named by a valid CID and lies
 //! inside the input. Nothing here panics on any input.
 
-use cid::Cid;
 use sha2::{Digest, Sha256};
 
 use super::cbor::{CborError, Cursor};
+use super::cid_ref::CidRef;
 
 /// The multihash code of SHA-256, the only hash atproto repositories use.
 const SHA2_256: u64 = 0x12;
@@ -31,15 +31,14 @@ fn invalid(reason: impl Into<String>) -> CarError {
 }
 
 /// Reads every block of an in-memory CAR file (version 1), in file order, as slices of `car`.
-pub fn read_blocks(car: &[u8]) -> Result<Vec<(Cid, &[u8])>, CarError> {
+pub fn read_blocks(car: &[u8]) -> Result<Vec<(CidRef<'_>, &[u8])>, CarError> {
     let (header, mut rest) = split_section(car)?.ok_or_else(|| invalid("no header"))?;
     check_header(header)?;
     // A commit's CAR holds the commit block, a few MST nodes and the records: rarely more than 8.
     let mut blocks = Vec::with_capacity(8);
     while let Some((section, after)) = split_section(rest)? {
         rest = after;
-        let mut block = section;
-        let cid = Cid::read_bytes(&mut block).map_err(|error| invalid(format!("a block's CID: {error}")))?;
+        let (cid, block) = CidRef::read(section).map_err(|error| invalid(format!("a block's CID: {error}")))?;
         blocks.push((cid, block));
     }
     Ok(blocks)
@@ -98,12 +97,11 @@ pub enum BlockCheck {
 }
 
 /// Checks that `block` hashes to `cid`.
-pub fn check_block(cid: &Cid, block: &[u8]) -> BlockCheck {
-    let hash = cid.hash();
-    if hash.code() != SHA2_256 {
-        return BlockCheck::UnsupportedHash(hash.code());
+pub fn check_block(cid: &CidRef<'_>, block: &[u8]) -> BlockCheck {
+    if cid.hash_code() != SHA2_256 {
+        return BlockCheck::UnsupportedHash(cid.hash_code());
     }
-    if hash.digest() == Sha256::digest(block).as_slice() {
+    if cid.digest() == Sha256::digest(block).as_slice() {
         BlockCheck::Matches
     } else {
         BlockCheck::Mismatch

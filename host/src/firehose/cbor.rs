@@ -10,7 +10,8 @@
 //! cursor or make it allocate. Indefinite lengths are rejected, because DAG-CBOR forbids them.
 
 use ciborium_ll::{Decoder, Header};
-use cid::Cid;
+
+use super::cid_ref::CidRef;
 
 /// An error reading a buffer as DAG-CBOR. Offsets count from the start of the buffer.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -200,7 +201,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a CID link: tag 42 around a byte string holding 0x00 and the CID.
-    pub fn cid_link(&mut self) -> Result<Cid, CborError> {
+    pub fn cid_link(&mut self) -> Result<CidRef<'a>, CborError> {
         let at = self.position;
         match self.pull()? {
             Header::Tag(42) => {}
@@ -258,9 +259,9 @@ impl<'a> Cursor<'a> {
 }
 
 /// Parses the bytes inside a tag-42 CID link.
-pub fn parse_cid_link(bytes: &[u8]) -> Result<Cid, String> {
+pub fn parse_cid_link(bytes: &[u8]) -> Result<CidRef<'_>, String> {
     match bytes.split_first() {
-        Some((0, cid)) => Cid::try_from(cid).map_err(|error| format!("invalid CID link: {error}")),
+        Some((0, cid)) => CidRef::from_bytes(cid).map_err(|error| format!("invalid CID link: {error}")),
         Some((prefix, _)) => Err(format!("CID link starts with {prefix:#04x}, not the multibase identity prefix 0x00")),
         None => Err("empty CID link".to_owned()),
     }

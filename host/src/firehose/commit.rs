@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use cid::Cid;
-
 use super::car::{self, BlockCheck};
+use super::cid_ref::CidRef;
 use super::event::{Action, Operation};
 use super::frame::CommitFrame;
 use super::record::{self, RecordError};
@@ -110,7 +109,7 @@ pub fn split_commit(commit: &CommitFrame) -> SplitCommit {
     split
 }
 
-fn record_json(cid: &Cid, blocks: &[(Cid, &[u8])]) -> Result<String, (SkipReason, String)> {
+fn record_json(cid: &CidRef<'_>, blocks: &[(CidRef<'_>, &[u8])]) -> Result<String, (SkipReason, String)> {
     let Some((_, block)) = blocks.iter().find(|(block_cid, _)| block_cid == cid) else {
         return Err((SkipReason::BlockMissing, format!("no block for CID {cid} in the commit's CAR")));
     };

@@ -7,9 +7,9 @@
 //! be well-formed and skipped. A missing required field or a field of the wrong type makes the
 //! frame undecodable. Record blocks inside a commit's CAR are decoded in `commit`, not here.
 
-use cid::Cid;
 
 use super::cbor::{CborError, Cursor};
+use super::cid_ref::CidRef;
 
 /// Nesting limit for frame headers and bodies. A well-formed body nests four levels deep; records
 /// inside a commit are decoded separately, with their own limit.
@@ -142,7 +142,7 @@ pub struct RepoOp<'a> {
     /// `collection/rkey`.
     pub path: &'a str,
     /// The new record's CID; null for deletes.
-    pub cid: Option<Cid>,
+    pub cid: Option<CidRef<'a>>,
 }
 
 #[derive(Debug)]

@@ -2,6 +2,7 @@
 
 pub mod car;
 pub mod cbor;
+pub mod cid_ref;
 pub mod commit;
 pub mod decode;
 pub mod event;

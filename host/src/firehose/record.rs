@@ -147,7 +147,7 @@ fn write_record(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
                 };
                 let cid = parse_cid_link(cursor.take(length)?).map_err(RecordError::NotDataModel)?;
                 out.extend_from_slice(b"{\"$link\":\"");
-                out.extend_from_slice(cid.to_string().as_bytes());
+                cid.write_to(out);
                 out.extend_from_slice(b"\"}");
                 None
             }
