@@ -104,6 +104,39 @@ fn broker_paused_for_thirty_seconds_costs_no_events() {
 }
 
 #[test]
+fn failed_delivery_stops_the_host_before_the_lost_events() {
+    let Some(stream) = capture_stream(GENERATED_FRAMES) else { return };
+    let mut args = TENANT_ARGS.to_vec();
+    args.extend(["--kafka-property", "message.timeout.ms=2000"]);
+    let bench = Bench::new(frames_interval(stream.frames.clone(), Duration::from_millis(2)), &args);
+    let mut host = bench.start_host();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_value(&bench.metrics(), "atkafka_cursor_seq").is_none_or(|seq| seq < (stream.first_seq + 200) as f64) {
+        assert!(Instant::now() < deadline, "nothing acknowledged; log:\n{}", host.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Messages wait for the paused broker past their 2 s timeout, so their deliveries fail.
+    // SAFETY: `kill` has no memory-safety preconditions; the PID is the broker this test started.
+    unsafe { libc::kill(bench.broker.pid() as i32, libc::SIGSTOP) };
+    let status = host.wait_for_exit(Duration::from_secs(90));
+    // SAFETY: as above.
+    unsafe { libc::kill(bench.broker.pid() as i32, libc::SIGCONT) };
+    let status = status.unwrap_or_else(|| panic!("the host went on after failed deliveries; log:\n{}", host.log()));
+    assert!(!status.success(), "a failed delivery must stop the host with an error; log:\n{}", host.log());
+    assert!(host.log().contains("delivery to topic `firehose` failed"), "log:\n{}", host.log());
+    let stored = bench.stored_cursor().expect("the cursor is written at shutdown");
+    assert!(stored < stream.last_seq, "the stream ended before the deliveries failed");
+    drop(host);
+
+    // The restart produces everything after the stored cursor, the failed events included.
+    let mut host = bench.start_host();
+    bench.wait_for_cursor(&host, stream.last_seq, Duration::from_secs(120));
+    let records = bench.consume(TOPIC, &stream.expected);
+    tally("deliveries failed, restart", &stream.expected, &records);
+    assert!(host.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
 fn sigterm_mid_stream_drains_and_restart_completes() {
     let Some(stream) = capture_stream(GENERATED_FRAMES) else { return };
     let bench = Bench::new(frames_interval(stream.frames.clone(), Duration::from_millis(1)), &TENANT_ARGS);
