@@ -154,6 +154,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let checker = tokio::spawn(check_deliveries(
         delivery_receivers,
+        producer.reported(),
         metrics.clone(),
         acknowledged_sender,
         fatal_sender.clone(),

@@ -1,15 +1,15 @@
 //! Checking delivery reports, in the order the messages were sent, and advancing the cursor.
 //!
-//! Guarantees: a message counts as produced only when the broker acknowledged it (the inner result
-//! of the delivery report, not only the outer future). The acknowledged seq advances over a frame
+//! Guarantees: a message counts as produced only when its delivery report from librdkafka carries
+//! no error, that is when the broker acknowledged it. The acknowledged seq advances over a frame
 //! only when every message of that frame and of every frame before it was acknowledged, and it
 //! never moves backwards. A failed delivery is reported as [`Fatal`] and the seq stops there.
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
-use super::producer::PendingDelivery;
+use super::producer::FrameAck;
 use crate::fatal::{Fatal, FatalSender};
 use crate::metrics::Metrics;
 
@@ -20,7 +20,15 @@ pub struct FrameDeliveries {
     pub did: Option<String>,
     /// When the frame was read from the relay, in microseconds since the Unix epoch.
     pub received_at_us: u64,
-    pub deliveries: Vec<(String, PendingDelivery)>,
+    /// The delivery reports of the frame's messages, or `None` before the first message is sent.
+    pub ack: Option<Arc<FrameAck>>,
+}
+
+impl FrameDeliveries {
+    /// Returns the reports of the frame's messages, to send a message with.
+    pub fn ack(&mut self) -> &Arc<FrameAck> {
+        self.ack.get_or_insert_with(Default::default)
+    }
 }
 
 /// Totals of what the checker saw, returned when its queue closes.
@@ -55,11 +63,21 @@ async fn next_frame(tenants: &mut [TenantReports]) -> Option<Vec<FrameDeliveries
     Some(reports)
 }
 
+/// Waits until every message sent with `ack` has its delivery report. `reported` is woken each
+/// time any frame's last report arrives.
+async fn all_reported(ack: &FrameAck, reported: &Notify) {
+    while !ack.is_reported() {
+        // A report that arrives between the check and this wait leaves a permit, so none is missed.
+        reported.notified().await;
+    }
+}
+
 /// Awaits every delivery report, frame by frame across all tenants (each tenant reports every
 /// frame, in order), until a tenant's queue closes. Publishes the acknowledged seq on
 /// `acknowledged`, which starts at the cursor the host resumed from.
 pub async fn check_deliveries(
     tenants: Vec<mpsc::Receiver<Vec<FrameDeliveries>>>,
+    reported: Arc<Notify>,
     metrics: Arc<Metrics>,
     acknowledged: watch::Sender<Option<i64>>,
     fatal: FatalSender,
@@ -74,30 +92,21 @@ pub async fn check_deliveries(
         let depth = tenants.iter().map(|tenant| tenant.buffered.len() + tenant.queue.len()).max().unwrap_or(0);
         metrics.delivery_queue_depth.set(depth as i64);
         let seq = reports.first().and_then(|report| report.seq);
-        let did = reports.first().and_then(|report| report.did.clone());
         let received_at_us = reports.first().map(|report| report.received_at_us).unwrap_or(0);
-        let had_messages = reports.iter().any(|report| !report.deliveries.is_empty());
-        let deliveries = reports.into_iter().flat_map(|report| report.deliveries);
-        for (topic, delivery) in deliveries {
-            let failure = match delivery.await {
-                Ok(Ok(_)) => None,
-                Ok(Err((error, _message))) => Some(error.to_string()),
-                Err(_canceled) => Some("the producer dropped the message before its delivery report".to_owned()),
-            };
-            match failure {
-                None => {
-                    totals.acknowledged += 1;
-                    produced_ok.inc();
-                }
-                Some(error) => {
-                    totals.failed += 1;
-                    produced_failed.inc();
-                    if !stalled {
-                        stalled = true;
-                        let did = did.clone().unwrap_or_default();
-                        let _ = fatal.send(Fatal::DeliveryFailed { topic, did, seq, error });
-                    }
-                }
+        let mut had_messages = false;
+        for ack in reports.iter().filter_map(|report| report.ack.as_deref()) {
+            all_reported(ack, &reported).await;
+            let (sent, failed) = ack.counts();
+            had_messages |= sent > 0;
+            totals.acknowledged += (sent - failed) as u64;
+            totals.failed += failed as u64;
+            produced_ok.inc_by((sent - failed) as u64);
+            produced_failed.inc_by(failed as u64);
+            if failed > 0 && !stalled {
+                stalled = true;
+                let (topic, error) = ack.first_failure().unwrap_or_default();
+                let did = reports.first().and_then(|report| report.did.clone()).unwrap_or_default();
+                let _ = fatal.send(Fatal::DeliveryFailed { topic, did, seq, error });
             }
         }
         if stalled {

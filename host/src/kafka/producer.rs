@@ -4,13 +4,17 @@
 //! retries), and a full local queue makes the sender wait rather than fail, so events of one DID
 //! are handed to librdkafka in order.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use tokio::sync::Notify;
 
 /// How long the sender sleeps when librdkafka's local queue is full before trying again.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -39,29 +43,92 @@ pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -
     config
 }
 
-pub struct Producer {
-    inner: FutureProducer,
+/// The delivery reports of one frame's messages. librdkafka's thread fills it in, and the
+/// delivery checker reads it once every report has arrived.
+#[derive(Default)]
+pub struct FrameAck {
+    /// Messages sent and not yet reported.
+    pending: AtomicUsize,
+    /// Messages sent in all.
+    sent: AtomicUsize,
+    failed: AtomicUsize,
+    /// The topic and error of the first failed delivery.
+    first_failure: Mutex<Option<(String, String)>>,
 }
 
-/// A message sent to librdkafka whose delivery report is still to come.
-pub type PendingDelivery = DeliveryFuture;
+impl FrameAck {
+    /// Returns whether every message sent so far has its delivery report.
+    pub fn is_reported(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Returns the number of messages sent and the number whose delivery failed.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.sent.load(Ordering::Acquire), self.failed.load(Ordering::Acquire))
+    }
+
+    /// Returns the topic and error of the first failed delivery.
+    pub fn first_failure(&self) -> Option<(String, String)> {
+        self.first_failure.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Receives librdkafka's delivery reports, on its polling thread.
+struct DeliveryContext {
+    /// Woken each time a frame's last pending report arrives.
+    reported: Arc<Notify>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Arc<FrameAck>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<FrameAck>) {
+        if let Err((error, message)) = result {
+            ack.failed.fetch_add(1, Ordering::AcqRel);
+            let mut first = ack.first_failure.lock().unwrap_or_else(PoisonError::into_inner);
+            first.get_or_insert_with(|| (message.topic().to_owned(), error.to_string()));
+        }
+        if ack.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.reported.notify_one();
+        }
+    }
+}
+
+/// The producer. Each message carries its frame's [`FrameAck`], so a delivery report costs no
+/// allocation and no future. With rdkafka's `FutureProducer`, which allocates a channel a message
+/// that the checker then awaits, the host spent about 1 µs more CPU a frame in the end-to-end
+/// benchmark (11.8 against 10.5 µs, medians of 3 runs each).
+pub struct Producer {
+    inner: ThreadedProducer<DeliveryContext>,
+    reported: Arc<Notify>,
+}
 
 impl Producer {
     pub fn new(config: &ClientConfig) -> anyhow::Result<Self> {
-        let inner: FutureProducer = config.create().context("failed to create the Kafka producer")?;
-        Ok(Producer { inner })
+        let reported = Arc::new(Notify::new());
+        let context = DeliveryContext { reported: reported.clone() };
+        let inner = config.create_with_context(context).context("failed to create the Kafka producer")?;
+        Ok(Producer { inner, reported })
     }
 
-    /// Hands one message to librdkafka, waiting while its local queue is full. Returns the
-    /// pending delivery, or the error that made librdkafka refuse the message outright (an
-    /// oversized message, an unknown topic...).
+    /// Returns what wakes the delivery checker when a frame's last delivery report arrives.
+    pub fn reported(&self) -> Arc<Notify> {
+        self.reported.clone()
+    }
+
+    /// Hands one message to librdkafka, waiting while its local queue is full. Its delivery
+    /// report goes to `ack`. Returns the error that made librdkafka refuse the message outright
+    /// (an oversized message, an unknown topic...).
     pub fn send(
         &self,
         topic: &str,
         key: &[u8],
         value: &[u8],
         headers: &[(String, Vec<u8>)],
-    ) -> Result<PendingDelivery, KafkaError> {
+        ack: &Arc<FrameAck>,
+    ) -> Result<(), KafkaError> {
         let headers = if headers.is_empty() {
             None
         } else {
@@ -71,17 +138,24 @@ impl Producer {
             }
             Some(owned)
         };
+        ack.pending.fetch_add(1, Ordering::AcqRel);
         loop {
-            let mut record = FutureRecord::to(topic).key(key).payload(value);
+            let mut record = BaseRecord::with_opaque_to(topic, ack.clone()).key(key).payload(value);
             if let Some(headers) = headers.clone() {
                 record = record.headers(headers);
             }
-            match self.inner.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
+            match self.inner.send(record) {
+                Ok(()) => {
+                    ack.sent.fetch_add(1, Ordering::AcqRel);
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     std::thread::sleep(QUEUE_FULL_BACKOFF);
                 }
-                Err((error, _)) => return Err(error),
+                Err((error, _)) => {
+                    ack.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(error);
+                }
             }
         }
     }

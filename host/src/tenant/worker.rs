@@ -137,7 +137,7 @@ impl TenantWorker {
                     seq: batch.seq,
                     did: batch.did.clone(),
                     received_at_us: batch.received_at_us,
-                    deliveries: Vec::new(),
+                    ack: None,
                 };
                 for _ in &batch.events {
                     let flow = if passes[index] {
@@ -165,8 +165,9 @@ impl TenantWorker {
     /// Applies the filter to every event of a handoff. Returns whether each event passes, in
     /// handoff order, and the events that pass.
     fn select<'a>(&self, frames: &'a [Arc<FrameBatch>]) -> (Vec<bool>, Vec<BatchEvent<'a>>) {
-        let mut passes = Vec::new();
-        let mut selected = Vec::new();
+        let events = frames.iter().map(|batch| batch.events.len()).sum();
+        let mut passes = Vec::with_capacity(events);
+        let mut selected = Vec::with_capacity(events);
         for batch in frames {
             for (event, event_id) in &batch.events {
                 let matches = self.filter.matches(event);
@@ -266,11 +267,8 @@ impl TenantWorker {
     fn send(&self, event: &Event, message: &Message, frame: &mut FrameDeliveries) -> Result<(), SendError> {
         let topic = message.topic.as_deref().unwrap_or(&self.topic);
         let key = message.key.as_deref().unwrap_or(event.default_key().as_bytes());
-        match self.producer.send(topic, key, &message.value, &message.headers) {
-            Ok(delivery) => {
-                frame.deliveries.push((topic.to_owned(), delivery));
-                Ok(())
-            }
+        match self.producer.send(topic, key, &message.value, &message.headers, frame.ack()) {
+            Ok(()) => Ok(()),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => Err(SendError::TooLarge(format!(
                 "a message of {} bytes for topic `{topic}` is larger than the producer's message.max.bytes",
                 message.value.len() + key.len()
@@ -278,7 +276,7 @@ impl TenantWorker {
             Err(error) => {
                 self.metrics.produced_events.with_label_values(&["failed"]).inc();
                 let _ = self.fatal.send(Fatal::MessageRefused {
-                    topic: topic.to_owned(),
+                    topic: topic.to_string(),
                     did: event.did().unwrap_or_default().to_owned(),
                     seq: event.seq(),
                     bytes: message.value.len(),
