@@ -27,6 +27,7 @@ use crate::tenant::policy::ErrorPolicy;
 use crate::tenant::worker::TenantWorker;
 use crate::tenant::TenantSpec;
 use crate::raw_frames::BufferPool;
+use crate::spent_frames::SpentFrames;
 use crate::relay::{InFlight, RelayOptions};
 use crate::{kafka, relay};
 
@@ -140,13 +141,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut tenant_senders = Vec::new();
     let mut delivery_receivers = Vec::new();
     let mut workers = Vec::new();
+    let spent = SpentFrames::default();
     for (spec, formatter) in settings.tenants.iter().zip(formatters) {
         let (batch_sender, batch_receiver) = mpsc::channel(TENANT_QUEUE_CAPACITY);
         let (delivery_sender, delivery_receiver) = mpsc::channel(DELIVERY_QUEUE_CAPACITY);
         let worker = TenantWorker::new(spec, formatter, producer.clone(), metrics.clone(), fatal_sender.clone());
+        let spent = spent.clone();
         let handle = std::thread::Builder::new()
             .name(format!("tenant-{}", spec.name))
-            .spawn(move || worker.run(batch_receiver, delivery_sender))
+            .spawn(move || worker.run(batch_receiver, delivery_sender, spent))
             .with_context(|| format!("failed to start the thread of tenant `{}`", spec.name))?;
         tenant_senders.push(batch_sender);
         delivery_receivers.push(delivery_receiver);
@@ -175,6 +178,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let in_flight = InFlight::default();
     let buffers = BufferPool::default();
     let pipeline = Pipeline {
+        spent: spent.clone(),
         tenants: tenant_senders,
         in_flight: in_flight.clone(),
         buffers: buffers.clone(),

@@ -18,5 +18,6 @@ pub mod ratelimit;
 pub mod raw_frames;
 pub mod relay;
 pub mod skip;
+pub mod spent_frames;
 pub mod standard_shape;
 pub mod tenant;

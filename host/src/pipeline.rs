@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::LogLimiter;
 use crate::raw_frames::{BufferPool, RawBatch};
 use crate::relay::InFlight;
+use crate::spent_frames::SpentFrames;
 use crate::tenant::worker::FrameBatch;
 
 pub struct Pipeline {
@@ -31,6 +32,8 @@ pub struct Pipeline {
     pub in_flight: InFlight,
     /// The pool through which decoded batches return their buffers to the relay reader.
     pub buffers: BufferPool,
+    /// The frames the tenants have handled, to be freed on this thread.
+    pub spent: SpentFrames,
     pub metrics: Arc<Metrics>,
     pub event_ids: EventIds,
     /// The last seq decoded, shared with the relay reader to resume after a reconnect. It starts
@@ -54,6 +57,7 @@ impl Pipeline {
     pub fn run(mut self, mut frames: mpsc::Receiver<RawBatch>) {
         let mut logs = Logs::default();
         while let Some(raw_frames) = frames.blocking_recv() {
+            self.spent.free();
             let mut batches = Vec::with_capacity(raw_frames.len());
             let mut labels = Vec::with_capacity(raw_frames.len());
             for (bytes, received_at_us) in raw_frames.frames() {

@@ -29,6 +29,7 @@ use crate::kafka::producer::Producer;
 use crate::metrics::{Metrics, TenantMetrics};
 use crate::ratelimit::LogLimiter;
 use crate::skip::SkipReason;
+use crate::spent_frames::SpentFrames;
 
 /// The events of one frame, shared by every tenant.
 #[derive(Debug)]
@@ -124,6 +125,7 @@ impl TenantWorker {
         mut self,
         mut batches: mpsc::Receiver<Vec<Arc<FrameBatch>>>,
         deliveries: mpsc::Sender<Vec<FrameDeliveries>>,
+        spent: SpentFrames,
     ) {
         while let Some(frames) = batches.blocking_recv() {
             self.tenant_metrics.queue_depth.set(batches.len() as i64);
@@ -156,6 +158,7 @@ impl TenantWorker {
                 }
                 reports.push(frame);
             }
+            spent.give_back(frames);
             if deliveries.blocking_send(reports).is_err() {
                 return;
             }
