@@ -85,6 +85,20 @@ impl Broker {
             result.unwrap_or_else(|(name, code)| panic!("creating topic {name} failed: {code}"));
         }
     }
+
+    /// Deletes `topic` and its messages, so that a long benchmark does not fill the broker's
+    /// memory.
+    pub async fn delete_topic(&self, topic: &str) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .create()
+            .expect("create an admin client");
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin.delete_topics(&[topic], &options).await.expect("delete_topics request");
+        for result in results {
+            result.unwrap_or_else(|(name, code)| panic!("deleting topic {name} failed: {code}"));
+        }
+    }
 }
 
 impl Drop for Broker {

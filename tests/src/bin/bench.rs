@@ -239,6 +239,7 @@ fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, r
     let relay_cpu = process_usage(std::process::id()).0 - relay_cpu_before;
     let messages = metric_value(&metrics, "atkafka_produced_events{status=\"ok\"}").unwrap_or(0.0);
     let _ = host.terminate(Duration::from_secs(60));
+    delete_topic(broker, &topic);
     HostRun {
         frames_per_second: total as f64 / elapsed,
         messages_per_second: messages / elapsed,
@@ -335,11 +336,21 @@ fn kafka_limit(broker: &Broker, messages: &[(String, Vec<u8>)], total: usize) ->
     runtime.block_on(checker).unwrap();
     let elapsed = started.elapsed().as_secs_f64();
     let per_1000 = |cpu: f64| cpu / total as f64 * 1000.0;
-    LimitRun {
+    let run = LimitRun {
         messages_per_second: total as f64 / elapsed,
         producer_cpu_per_1000: per_1000(process_usage(std::process::id()).0 - producer_cpu_before),
         broker_cpu_per_1000: per_1000(process_usage(broker.pid()).0 - broker_cpu_before),
-    }
+    };
+    drop(producer);
+    runtime.block_on(broker.delete_topic(&topic));
+    run
+}
+
+/// Deletes a run's topic. Tansu keeps its topics in memory, and with every run's messages kept
+/// the broker slowed from run to run.
+fn delete_topic(broker: &Broker, topic: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(broker.delete_topic(topic));
 }
 
 /// The plain producer's rate, and CPU seconds per 1000 messages of the producer and the broker.
