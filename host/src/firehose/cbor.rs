@@ -10,6 +10,7 @@
 //! cursor or make it allocate. Indefinite lengths are rejected, because DAG-CBOR forbids them.
 
 use ciborium_ll::{Decoder, Header};
+use smallvec::{smallvec, SmallVec};
 
 use super::cid_ref::CidRef;
 
@@ -214,8 +215,9 @@ impl<'a> Cursor<'a> {
 
     /// Skips one whole item, nested items included, at most `depth_limit` levels deep.
     pub fn skip(&mut self, depth_limit: usize) -> Result<(), CborError> {
-        // Items still to read at each open level; the bottom entry is the item itself.
-        let mut remaining: Vec<usize> = vec![1];
+        // Items still to read at each open level; the bottom entry is the item itself. Frames
+        // nest a few levels, so the levels stay on the stack.
+        let mut remaining: SmallVec<[usize; 8]> = smallvec![1];
         while let Some(top) = remaining.last_mut() {
             if *top == 0 {
                 remaining.pop();

@@ -7,6 +7,7 @@
 //! be well-formed and skipped. A missing required field or a field of the wrong type makes the
 //! frame undecodable. Record blocks inside a commit's CAR are decoded in `commit`, not here.
 
+use smallvec::SmallVec;
 
 use super::cbor::{CborError, Cursor};
 use super::cid_ref::CidRef;
@@ -100,7 +101,8 @@ fn read_map<'a>(
 ) -> Result<(), BodyError> {
     let entries = cursor.map()?;
     cursor.announced(entries, 2)?;
-    let mut seen: Vec<&str> = Vec::with_capacity(entries);
+    // A frame's maps have a dozen keys at most, so the keys seen stay on the stack.
+    let mut seen: SmallVec<[&str; 16]> = SmallVec::with_capacity(entries);
     for _ in 0..entries {
         let key = cursor.text()?;
         if seen.contains(&key) {
