@@ -15,7 +15,8 @@
 //!    pairs' ratios, because the broker slows as its in-memory topics fill;
 //! 5. latency at 2000 frames/s: p50 and p99 from frame receipt to acknowledgement, after a 2 s
 //!    warm-up, and the p99 of the whole run;
-//! 6. memory: RSS after 100 000 and after 1 000 000 events;
+//! 6. memory: RSS after 100 000 and after 1 000 000 events, each the median of the samples taken
+//!    within 50 000 events of it;
 //! 7. start-up: from process start to the first acknowledged message, with compiled components
 //!    cached.
 //!
@@ -43,6 +44,10 @@ const DIDS: u64 = 50_000;
 const LATENCY_RATE: u32 = 2000;
 const LATENCY_FRAMES: usize = 40_000;
 const LATENCY_WARM_UP: usize = 4000;
+/// RSS at a checkpoint is the median of the samples taken while the acknowledged frames were
+/// within this many of it: one sample alone varies by 10 MB within half a second, as librdkafka's
+/// queue and the frame buffers fill and drain.
+const RSS_WINDOW_FRAMES: usize = 50_000;
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
@@ -187,6 +192,7 @@ struct HostRun {
     /// CPU seconds of the broker per 1000 frames.
     broker_cpu_per_1000_frames: f64,
     peak_rss: u64,
+    /// Each RSS checkpoint with the median of the RSS samples taken around it.
     rss_samples: Vec<(usize, u64)>,
     metrics: String,
     /// The metrics when the run's first `warm_up` frames were acknowledged.
@@ -214,7 +220,7 @@ fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, r
     let mut host = HostProcess::start(&args);
     let (broker_cpu_before, relay_cpu_before) = (process_usage(broker.pid()).0, process_usage(std::process::id()).0);
     let last_seq = (FIRST_SEQ + total as i64 - 1) as f64;
-    let mut rss_samples = Vec::new();
+    let mut rss_windows: Vec<Vec<f64>> = vec![Vec::new(); rss_at.len()];
     let mut warm_metrics = None;
     let deadline = Instant::now() + Duration::from_secs(1800);
     let metrics = loop {
@@ -222,8 +228,10 @@ fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, r
         let metrics = http_get(&metrics_address, "/metrics").unwrap_or_default();
         let cursor = metric_value(&metrics, "atkafka_cursor_seq").unwrap_or(0.0);
         let done_frames = (cursor - FIRST_SEQ as f64 + 1.0).max(0.0) as usize;
-        while rss_samples.len() < rss_at.len() && done_frames >= rss_at[rss_samples.len()] {
-            rss_samples.push((rss_at[rss_samples.len()], process_usage(host.pid()).2));
+        for (checkpoint, samples) in rss_at.iter().zip(&mut rss_windows) {
+            if done_frames.abs_diff(*checkpoint) <= RSS_WINDOW_FRAMES {
+                samples.push(process_usage(host.pid()).2 as f64);
+            }
         }
         if warm_metrics.is_none() && done_frames >= warm_up {
             warm_metrics = Some(metrics.clone());
@@ -247,7 +255,12 @@ fn run_host(broker: &Broker, pool: Arc<Pool>, total: usize, rate: Option<u32>, r
         relay_cpu_per_1000_frames: relay_cpu / total as f64 * 1000.0,
         broker_cpu_per_1000_frames: broker_cpu / total as f64 * 1000.0,
         peak_rss,
-        rss_samples,
+        rss_samples: rss_at
+            .iter()
+            .zip(&mut rss_windows)
+            .filter(|(_, samples)| !samples.is_empty())
+            .map(|(checkpoint, samples)| (*checkpoint, median(samples) as u64))
+            .collect(),
         metrics,
         warm_metrics: warm_metrics.unwrap_or_default(),
     }
@@ -618,9 +631,12 @@ fn main() -> anyhow::Result<()> {
     // 6. memory over time
     eprintln!("memory: {memory_frames} frames");
     let checkpoints = [100_000.min(memory_frames), memory_frames];
-    let long = run_host(&broker, pool.clone(), memory_frames, None, &checkpoints, 0);
+    let long = run_host(&broker, pool.clone(), memory_frames + RSS_WINDOW_FRAMES, None, &checkpoints, 0);
     for (events, bytes) in &long.rss_samples {
-        row(&format!("6. RSS after {events} events"), format!("{:.1} MB", *bytes as f64 / 1e6));
+        row(
+            &format!("6. RSS after {events} events (median of the samples within {RSS_WINDOW_FRAMES} events)"),
+            format!("{:.1} MB", *bytes as f64 / 1e6),
+        );
     }
     if let [(_, first), (_, last)] = long.rss_samples[..] {
         row("6. RSS growth", format!("{:+.1} %", (last as f64 / first as f64 - 1.0) * 100.0));
