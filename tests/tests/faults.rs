@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use atkafka_integration_tests::host::metric_value;
+use atkafka_integration_tests::host::{metric_value, HostProcess};
 use atkafka_integration_tests::replay::ReplayOptions;
 use atkafka_integration_tests::scenario::{capture_stream, summaries, tally, Bench};
 use atkafka_integration_tests::synthetic::{error_frame, info_frame};
@@ -19,6 +19,21 @@ const TENANT_ARGS: [&str; 4] = ["--output-topic", TOPIC, "--topic-partitions", "
 
 fn frames_interval(frames: Vec<Vec<u8>>, interval: Duration) -> ReplayOptions {
     ReplayOptions { frames, frame_interval: Some(interval), ..ReplayOptions::default() }
+}
+
+/// Waits up to 30 s until the host has acknowledged every event up to `seq`.
+fn wait_for_acknowledged(bench: &Bench, host: &HostProcess, seq: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_value(&bench.metrics(), "atkafka_cursor_seq").is_none_or(|cursor| cursor < seq as f64) {
+        assert!(Instant::now() < deadline, "seq {seq} not acknowledged; log:\n{}", host.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` to the broker the bench started (SIGSTOP pauses it, SIGCONT resumes it).
+fn signal_broker(bench: &Bench, signal: i32) {
+    // SAFETY: `kill` has no memory-safety preconditions; the PID is the broker this test started.
+    unsafe { libc::kill(bench.broker.pid() as i32, signal) };
 }
 
 #[test]
@@ -82,17 +97,11 @@ fn broker_paused_for_thirty_seconds_costs_no_events() {
     let Some(stream) = capture_stream(GENERATED_FRAMES) else { return };
     let bench = Bench::new(frames_interval(stream.frames.clone(), Duration::from_millis(2)), &TENANT_ARGS);
     let mut host = bench.start_host();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric_value(&bench.metrics(), "atkafka_cursor_seq").is_none_or(|seq| seq < (stream.first_seq + 200) as f64) {
-        assert!(Instant::now() < deadline, "nothing acknowledged; log:\n{}", host.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: `kill` has no memory-safety preconditions; the PID is the broker this test started.
-    unsafe { libc::kill(bench.broker.pid() as i32, libc::SIGSTOP) };
+    wait_for_acknowledged(&bench, &host, stream.first_seq + 200);
+    signal_broker(&bench, libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(30));
     let paused_cursor = metric_value(&bench.metrics(), "atkafka_cursor_seq").unwrap();
-    // SAFETY: as above.
-    unsafe { libc::kill(bench.broker.pid() as i32, libc::SIGCONT) };
+    signal_broker(&bench, libc::SIGCONT);
     assert!(paused_cursor < stream.last_seq as f64, "the stream ended before the pause mattered");
 
     bench.wait_for_cursor(&host, stream.last_seq, Duration::from_secs(120));
@@ -110,17 +119,11 @@ fn failed_delivery_stops_the_host_before_the_lost_events() {
     args.extend(["--kafka-property", "message.timeout.ms=2000"]);
     let bench = Bench::new(frames_interval(stream.frames.clone(), Duration::from_millis(2)), &args);
     let mut host = bench.start_host();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric_value(&bench.metrics(), "atkafka_cursor_seq").is_none_or(|seq| seq < (stream.first_seq + 200) as f64) {
-        assert!(Instant::now() < deadline, "nothing acknowledged; log:\n{}", host.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_acknowledged(&bench, &host, stream.first_seq + 200);
     // Messages wait for the paused broker past their 2 s timeout, so their deliveries fail.
-    // SAFETY: `kill` has no memory-safety preconditions; the PID is the broker this test started.
-    unsafe { libc::kill(bench.broker.pid() as i32, libc::SIGSTOP) };
+    signal_broker(&bench, libc::SIGSTOP);
     let status = host.wait_for_exit(Duration::from_secs(90));
-    // SAFETY: as above.
-    unsafe { libc::kill(bench.broker.pid() as i32, libc::SIGCONT) };
+    signal_broker(&bench, libc::SIGCONT);
     let status = status.unwrap_or_else(|| panic!("the host went on after failed deliveries; log:\n{}", host.log()));
     assert!(!status.success(), "a failed delivery must stop the host with an error; log:\n{}", host.log());
     assert!(host.log().contains("delivery to topic `firehose` failed"), "log:\n{}", host.log());
@@ -141,11 +144,7 @@ fn sigterm_mid_stream_drains_and_restart_completes() {
     let Some(stream) = capture_stream(GENERATED_FRAMES) else { return };
     let bench = Bench::new(frames_interval(stream.frames.clone(), Duration::from_millis(1)), &TENANT_ARGS);
     let mut host = bench.start_host();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric_value(&bench.metrics(), "atkafka_cursor_seq").is_none_or(|seq| seq < (stream.first_seq + 300) as f64) {
-        assert!(Instant::now() < deadline, "nothing acknowledged; log:\n{}", host.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_acknowledged(&bench, &host, stream.first_seq + 300);
     let status = host.terminate(Duration::from_secs(40));
     assert!(status.success(), "SIGTERM exit status {status}; log:\n{}", host.log());
     let stored = bench.stored_cursor().expect("the cursor is written at shutdown");
