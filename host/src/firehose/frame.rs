@@ -101,7 +101,7 @@ fn read_map<'a>(
 ) -> Result<(), BodyError> {
     let entries = cursor.map()?;
     cursor.announced(entries, 2)?;
-    // A frame's maps have a dozen keys at most, so the keys seen stay on the stack.
+    // A frame's maps have about a dozen keys, so the keys seen usually stay on the stack.
     let mut seen: SmallVec<[&str; 16]> = SmallVec::with_capacity(entries);
     for _ in 0..entries {
         let key = cursor.text()?;

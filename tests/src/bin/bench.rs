@@ -12,7 +12,7 @@
 //! 4. the Kafka-side limit: a plain rdkafka producer sending the same messages with the same keys
 //!    and settings into the same broker, the CPU it and the broker spend, and the ratio of (3) to
 //!    it. Each end-to-end run is followed by a plain run, and the ratio is the median of the
-//!    pairs' ratios, because the broker slows as its in-memory topics fill;
+//!    pairs' ratios, so that both sides of a ratio meet the broker in the same state;
 //! 5. latency at 2000 frames/s: p50 and p99 from frame receipt to acknowledgement, after a 2 s
 //!    warm-up, and the p99 of the whole run;
 //! 6. memory: RSS after 100 000 and after 1 000 000 events, each the median of the samples taken
@@ -45,7 +45,7 @@ const LATENCY_RATE: u32 = 2000;
 const LATENCY_FRAMES: usize = 40_000;
 const LATENCY_WARM_UP: usize = 4000;
 /// RSS at a checkpoint is the median of the samples taken while the acknowledged frames were
-/// within this many of it: one sample alone varies by 10 MB within half a second, as librdkafka's
+/// within this many of it. One sample alone varies by 10 MB within half a second, as librdkafka's
 /// queue and the frame buffers fill and drain.
 const RSS_WINDOW_FRAMES: usize = 50_000;
 
