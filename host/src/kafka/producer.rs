@@ -28,9 +28,9 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 /// the host wait. A user who sets a finite timeout turns a long outage into a delivery failure,
 /// which stops the host (see `delivery`). The local queue is capped at 4 MiB
 /// (`queue.buffering.max.kbytes`; librdkafka's own default is 1 GiB), which bounds the host's
-/// memory while the broker is slow. With 16 MiB, RSS grew 13-28 % from 100 000 to 1 000 000 events in the
-/// benchmark, as the broker slowed and the queue filled. With 4 MiB it grew 5-17 %, at the same
-/// throughput.
+/// memory while the broker is slow. With 16 MiB, RSS grew 13-28 % from 100 000 to 1 000 000
+/// events in the benchmark, as the broker slowed and the queue filled. With 4 MiB it grew 5-17 %,
+/// at the same throughput.
 pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
