@@ -13,6 +13,7 @@
 
 use base64::Engine as _;
 use ciborium_ll::Header;
+use smallvec::{smallvec, SmallVec};
 
 use super::cbor::{parse_cid_link, CborError, Cursor};
 
@@ -71,7 +72,10 @@ fn write_record(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         _ => return Err(not_data_model("a record must be a map")),
     };
     out.push(b'{');
-    let mut stack = vec![Level { remaining: cursor.announced(entries, 2)?, map: true, started: false }];
+    // Records nest a few levels (a post's embed, facets and their features), so the open levels
+    // usually stay on the stack.
+    let mut stack: SmallVec<[Level; 8]> =
+        smallvec![Level { remaining: cursor.announced(entries, 2)?, map: true, started: false }];
     while let Some(level) = stack.last_mut() {
         if level.remaining == 0 {
             out.push(if level.map { b'}' } else { b']' });
