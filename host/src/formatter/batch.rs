@@ -19,6 +19,7 @@
 use std::time::{Duration, Instant};
 
 use atkafka_shape::packed;
+use bytes::Bytes;
 
 use super::bindings::atkafka::formatter::types as wit;
 use super::convert::{from_packed, from_wit, to_wit};
@@ -177,7 +178,7 @@ impl Formatter {
 
         let results: Vec<Result<Vec<Message>, FormatError>> = match reply {
             Reply::Packed(reply) => {
-                let reply = self.finish_call(reply, events.len() as u64)?;
+                let reply = Bytes::from(self.finish_call(reply, events.len() as u64)?);
                 let results = packed::read_results(&reply).map_err(|error| {
                     self.live = None;
                     FormatError::Trap(format!("format-packed returned a {error}"))
@@ -187,7 +188,7 @@ impl Formatter {
                     .map(|result| {
                         let messages = result.map_err(|error| FormatError::Guest(error.to_owned()))?;
                         check_output(messages.len(), messages.iter().map(|message| message.value.len()), &limits)?;
-                        Ok(messages.into_iter().map(from_packed).collect())
+                        Ok(messages.into_iter().map(|message| from_packed(message, &reply)).collect())
                     })
                     .collect()
             }

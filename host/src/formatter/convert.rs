@@ -2,6 +2,7 @@
 //! world, and of messages out of a `format-packed` reply.
 
 use atkafka_shape::packed::PackedMessage;
+use bytes::Bytes;
 
 use super::bindings::atkafka::formatter::types as wit;
 use super::instance::Message;
@@ -46,10 +47,11 @@ pub fn to_wit(event: &Event) -> wit::Event<'_> {
     }
 }
 
-/// Copies a message out of a `format-packed` reply.
-pub fn from_packed(message: PackedMessage<'_>) -> Message {
+/// Takes a message out of `reply`, a `format-packed` reply: the value stays in the reply's buffer
+/// and the rest is copied.
+pub fn from_packed(message: PackedMessage<'_>, reply: &Bytes) -> Message {
     Message {
-        value: message.value.to_vec(),
+        value: reply.slice_ref(message.value),
         key: message.key.map(<[u8]>::to_vec),
         headers: message.headers.into_iter().map(|(key, value)| (key.to_owned(), value.to_vec())).collect(),
         topic: message.topic.map(str::to_owned),
@@ -58,7 +60,7 @@ pub fn from_packed(message: PackedMessage<'_>) -> Message {
 
 pub fn from_wit(message: wit::Message) -> Message {
     Message {
-        value: message.value,
+        value: message.value.into(),
         key: message.key,
         headers: message.headers.into_iter().map(|header| (header.key, header.value)).collect(),
         topic: message.topic,

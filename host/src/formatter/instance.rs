@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
@@ -63,7 +64,9 @@ impl Default for FormatterLimits {
 /// A message returned by a formatter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    pub value: Vec<u8>,
+    /// The value. Messages of one batch call share the call's reply buffer instead of each
+    /// copying its value out of it.
+    pub value: Bytes,
     pub key: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
     pub topic: Option<String>,

@@ -355,7 +355,7 @@ fn dead_letter(tenant: &str, event: &Event, kind: &str, error: &str) -> Message 
     crate::standard_shape::write_standard(&mut value, event);
     let seq = event.seq().map(|seq| seq.to_string()).unwrap_or_default();
     Message {
-        value,
+        value: value.into(),
         key: None,
         headers: vec![
             ("atkafka-tenant".to_owned(), tenant.as_bytes().to_vec()),
