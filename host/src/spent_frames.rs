@@ -23,7 +23,7 @@ impl SpentFrames {
     }
 
     /// Drops every frame handed back so far, on the calling thread. A frame that another
-    /// tenant still holds is freed when that tenant hands it back.
+    /// tenant still has is freed when that tenant hands it back.
     pub fn free(&self) {
         let spent = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
         drop(spent);
@@ -39,16 +39,16 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_freed_only_by_the_freeing_thread() {
+    fn free_drops_handed_back_frames() {
         let spent = SpentFrames::default();
-        let kept = frame();
+        let shared = frame();
         let tenant = spent.clone();
-        let handed = kept.clone();
+        let handed = shared.clone();
         std::thread::spawn(move || tenant.give_back(vec![handed])).join().unwrap();
-        assert_eq!(Arc::strong_count(&kept), 2, "the handed-back frame lives until freed");
+        assert_eq!(Arc::strong_count(&shared), 2, "the handed-back frame lives until freed");
         spent.free();
-        assert_eq!(Arc::strong_count(&kept), 1, "free drops the handed-back frame");
+        assert_eq!(Arc::strong_count(&shared), 1, "free drops the handed-back frame");
         spent.free();
-        assert_eq!(Arc::strong_count(&kept), 1);
+        assert_eq!(Arc::strong_count(&shared), 1);
     }
 }

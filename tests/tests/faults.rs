@@ -113,7 +113,7 @@ fn broker_paused_for_thirty_seconds_costs_no_events() {
 }
 
 #[test]
-fn failed_delivery_stops_the_host_before_the_lost_events() {
+fn failed_delivery_stops_the_host() {
     let Some(stream) = capture_stream(GENERATED_FRAMES) else { return };
     let mut args = TENANT_ARGS.to_vec();
     args.extend(["--kafka-property", "message.timeout.ms=2000"]);

@@ -40,8 +40,8 @@ pub struct CidRef<'a> {
     digest_start: usize,
 }
 
-fn varint<'a>(input: &'a [u8], what: &str) -> Result<(u64, &'a [u8]), String> {
-    unsigned_varint::decode::u64(input).map_err(|error| format!("the CID's {what}: {error}"))
+fn varint<'a>(input: &'a [u8], field: &str) -> Result<(u64, &'a [u8]), String> {
+    unsigned_varint::decode::u64(input).map_err(|error| format!("invalid CID {field}: {error}"))
 }
 
 impl<'a> CidRef<'a> {

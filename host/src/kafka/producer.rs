@@ -99,9 +99,9 @@ impl ProducerContext for DeliveryContext {
 }
 
 /// The producer. Each message carries its frame's [`FrameAck`], so a delivery report costs no
-/// allocation and no future. With rdkafka's `FutureProducer`, which allocates a channel a message
-/// that the checker then awaits, the host spent about 1 µs more CPU a frame in the end-to-end
-/// benchmark (11.8 against 10.5 µs, medians of 3 runs each).
+/// allocation and no future. rdkafka's `FutureProducer` allocates a channel for every message,
+/// which the checker then awaits. With it, the host spent about 1 µs more CPU a frame in the
+/// end-to-end benchmark (11.8 against 10.5 µs, medians of 3 runs each).
 pub struct Producer {
     inner: ThreadedProducer<DeliveryContext>,
     reported: Arc<Notify>,
