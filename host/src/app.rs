@@ -26,16 +26,14 @@ use crate::pipeline::Pipeline;
 use crate::tenant::policy::ErrorPolicy;
 use crate::tenant::worker::TenantWorker;
 use crate::tenant::TenantSpec;
-use crate::raw_frames::BufferPool;
+use crate::raw_frames::{BufferPool, FRAME_QUEUE_CAPACITY};
 use crate::spent_frames::SpentFrames;
 use crate::relay::{InFlight, RelayOptions};
 use crate::{kafka, relay};
 
-/// Batches of frames read from the relay and not yet decoded (a batch holds up to 128 frames). A
-/// full queue stops the reader.
-const FRAME_QUEUE_CAPACITY: usize = 16;
-/// Batches of decoded frames waiting for one tenant's thread.
-const TENANT_QUEUE_CAPACITY: usize = 16;
+/// Batches of decoded frames waiting for one tenant's thread; short for the same reason as
+/// `FRAME_QUEUE_CAPACITY`.
+const TENANT_QUEUE_CAPACITY: usize = 2;
 /// Batches of one tenant's frames whose messages are with librdkafka and whose delivery reports
 /// are still awaited.
 const DELIVERY_QUEUE_CAPACITY: usize = 512;

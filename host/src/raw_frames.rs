@@ -10,9 +10,18 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// Batches of frames read from the relay and not yet decoded (a batch holds up to 128 frames). A
+/// full queue stops the reader.
+///
+/// The queues between the stages are short on purpose. With room for 16 batches each, up to
+/// 20 MB of frames waited between the stages, and a frame had left the CPU caches by the time it
+/// was decoded. With room for 2, the host took about 6 % less CPU a frame in the benchmark, and
+/// 14 MB less RSS.
+pub const FRAME_QUEUE_CAPACITY: usize = 2;
+
 /// The maximum number of emptied buffers the pool keeps: enough for every batch the frame queue
 /// holds, plus the one the reader fills and the one the decoder reads.
-const MAX_POOLED_BUFFERS: usize = 20;
+const MAX_POOLED_BUFFERS: usize = FRAME_QUEUE_CAPACITY + 2;
 /// A buffer larger than this, in bytes, is freed instead of kept, so that one burst of large
 /// frames does not hold memory for the rest of the run.
 const MAX_POOLED_BUFFER_BYTES: usize = 4 << 20;

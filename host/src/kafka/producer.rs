@@ -26,11 +26,11 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 /// `message.timeout.ms=0` makes librdkafka retry a message until the broker takes it, however
 /// long the broker is away, keeping the order of each partition. The full local queue then makes
 /// the host wait. A user who sets a finite timeout turns a long outage into a delivery failure,
-/// which stops the host (see `delivery`). The local queue is capped at 4 MiB
+/// which stops the host (see `delivery`). The local queue is capped at 2 MiB
 /// (`queue.buffering.max.kbytes`; librdkafka's own default is 1 GiB), which bounds the host's
-/// memory while the broker is slow. With 16 MiB, RSS grew 13-28 % from 100 000 to 1 000 000
-/// events in the benchmark, as the broker slowed and the queue filled. With 4 MiB it grew 5-17 %,
-/// at the same throughput.
+/// memory while the broker is slow. In the benchmark, RSS grew from 100 000 to 1 000 000 events
+/// as the broker slowed and the queue filled: 13-28 % with 16 MiB, 10-18 % with 4 MiB and 4-6 %
+/// with 2 MiB. Throughput was the same with 2 MiB as with 4 MiB, and lower with 1 MiB.
 pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -38,7 +38,7 @@ pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -
         .set("client.id", "atkafka-host")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", "0")
-        .set("queue.buffering.max.kbytes", "4096");
+        .set("queue.buffering.max.kbytes", "2048");
     for (key, value) in properties {
         config.set(key, value);
     }
