@@ -8,28 +8,34 @@
 //! decoded, so a reconnect neither loses nor repeats a frame. A frame above the size limit is
 //! counted and skipped without closing the connection.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::ratelimit::LogLimiter;
 use crate::raw_frames::{BufferPool, RawBatch};
+use crate::relay_connection::{self, RelayStream, CLOSE_NORMAL};
 use crate::skip::SkipReason;
+use crate::websocket::{FrameParser, Found};
 
 const SUBSCRIBE_PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// The WebSocket layer's own message limit. A frame above `--max-frame-bytes` but below this is
-/// read and skipped; one above this fails the connection (and would fail again on reconnect), so
-/// it is far above any frame a relay sends.
+/// The largest `--max-frame-bytes` accepted: a frame is held whole in memory until decoded.
 pub const WEBSOCKET_MESSAGE_LIMIT: usize = 256 << 20;
+/// The spare room, in bytes, made in the batch buffer before each read of the socket.
+const READ_BYTES: usize = 64 * 1024;
+/// A batch buffer holding this many bytes is handed to the decoder without waiting for more.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// How long the reader tries to send its close frame when a connection ends.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Causes of a reconnect, as metric labels.
 pub const RECONNECT_CAUSES: [&str; 5] = ["closed", "read_error", "idle_timeout", "ended", "connect_failed"];
@@ -103,7 +109,7 @@ async fn wait_for_drain(in_flight: &InFlight, frames: &mpsc::Sender<RawBatch>, c
 
 /// Reads the relay until `cancel` fires, reconnecting after every failure. `resume_seq` contains the
 /// last seq decoded (negative for none): the first connection and every reconnect ask for the
-/// frames after it. Batches are copied into buffers from `buffers`.
+/// frames after it. Frames are read into buffers from `buffers`.
 pub async fn read_relay(
     options: RelayOptions,
     frames: mpsc::Sender<RawBatch>,
@@ -113,105 +119,160 @@ pub async fn read_relay(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = INITIAL_BACKOFF;
-    let mut oversized_log = LogLimiter::default();
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(WEBSOCKET_MESSAGE_LIMIT))
-        .max_frame_size(Some(WEBSOCKET_MESSAGE_LIMIT));
+    let mut reader = Reader { options, frames, buffers, in_flight, metrics, cancel, backoff: INITIAL_BACKOFF, oversized_log: LogLimiter::default() };
     loop {
         let seq = resume_seq.load(Ordering::Acquire);
-        let request_url = if seq >= 0 { format!("{}?cursor={seq}", options.url) } else { options.url.clone() };
+        let request_url = if seq >= 0 { format!("{}?cursor={seq}", reader.options.url) } else { reader.options.url.clone() };
         let connection = tokio::select! {
-            _ = cancel.cancelled() => return,
-            connection = tokio_tungstenite::connect_async_with_config(request_url.as_str(), Some(config), false) => connection,
+            _ = reader.cancel.cancelled() => return,
+            connection = relay_connection::connect(&request_url) => connection,
         };
         let (cause, reason) = match connection {
-            Ok((mut socket, _response)) => {
-                metrics.relay_connections.with_label_values(&["connected"]).inc();
+            Ok((stream, already_read)) => {
+                reader.metrics.relay_connections.with_label_values(&["connected"]).inc();
                 tracing::info!(url = %request_url, "connected to the relay");
-                let mut received_any = false;
-                let mut batch = RawBatch::new(buffers.take());
-                let ended = loop {
-                    // Wait for the first message of a batch, then take whatever else is ready.
-                    let message = if batch.is_empty() {
-                        tokio::select! {
-                            _ = cancel.cancelled() => {
-                                let _ = socket.close(None).await;
-                                return;
-                            }
-                            message = tokio::time::timeout(options.idle_timeout, socket.next()) => match message {
-                                Ok(message) => Some(message),
-                                Err(_) => break ("idle_timeout", format!("no frame for {:?}", options.idle_timeout)),
-                            },
-                        }
-                    } else if batch.len() < MAX_BATCH_FRAMES {
-                        socket.next().now_or_never()
-                    } else {
-                        None
-                    };
-                    let Some(message) = message else {
-                        // Nothing more is ready: hand the batch over.
-                        in_flight.add(batch.len());
-                        metrics.frame_queue_depth.set(in_flight.count() as i64);
-                        let full = std::mem::replace(&mut batch, RawBatch::new(buffers.take()));
-                        if frames.send(full).await.is_err() {
-                            // The decoder has stopped; the host is shutting down.
-                            return;
-                        }
-                        continue;
-                    };
-                    match message {
-                        Some(Ok(Message::Binary(bytes))) => {
-                            if !received_any {
-                                received_any = true;
-                                backoff = INITIAL_BACKOFF;
-                            }
-                            if bytes.len() > options.max_frame_bytes {
-                                metrics.skipped.with_label_values(&[SkipReason::FrameTooLarge.label()]).inc();
-                                if let Some(suppressed) = oversized_log.allow() {
-                                    tracing::warn!(
-                                        bytes = bytes.len(),
-                                        limit = options.max_frame_bytes,
-                                        suppressed,
-                                        "skipped a frame larger than --max-frame-bytes"
-                                    );
-                                }
-                                continue;
-                            }
-                            batch.push(&bytes, now_us());
-                        }
-                        Some(Ok(Message::Close(close))) => {
-                            break ("closed", format!("the relay closed the connection: {close:?}"))
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(error)) => break ("read_error", format!("read failed: {error}")),
-                        None => break ("ended", "the connection ended".to_owned()),
-                    }
-                };
-                // Frames read before the connection ended still go to the decoder.
-                if !batch.is_empty() {
-                    in_flight.add(batch.len());
-                    if frames.send(batch).await.is_err() {
-                        return;
-                    }
+                match reader.read_connection(stream, already_read).await {
+                    Some(ended) => ended,
+                    // The host is stopping.
+                    None => return,
                 }
-                ended
             }
             Err(error) => {
-                metrics.relay_connections.with_label_values(&["failed"]).inc();
+                reader.metrics.relay_connections.with_label_values(&["failed"]).inc();
                 ("connect_failed", format!("failed to connect to {request_url}: {error}"))
             }
         };
-        metrics.relay_reconnects.with_label_values(&[cause]).inc();
-        let delay = with_jitter(backoff);
+        reader.metrics.relay_reconnects.with_label_values(&[cause]).inc();
+        let delay = with_jitter(reader.backoff);
         tracing::warn!(cause, %reason, retry_in = ?delay, "reconnecting to the relay");
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = reader.cancel.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        wait_for_drain(&in_flight, &frames, &cancel).await;
+        reader.backoff = (reader.backoff * 2).min(MAX_BACKOFF);
+        wait_for_drain(&reader.in_flight, &reader.frames, &reader.cancel).await;
     }
+}
+
+/// The relay reader's state across connections.
+struct Reader {
+    options: RelayOptions,
+    frames: mpsc::Sender<RawBatch>,
+    buffers: BufferPool,
+    in_flight: InFlight,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    backoff: Duration,
+    oversized_log: LogLimiter,
+}
+
+/// The result of a read of the socket: `None` when nothing was ready.
+type ReadResult = Option<std::io::Result<usize>>;
+
+impl Reader {
+    /// Reads frames from one connection into batches for the decoder until the connection ends,
+    /// and returns the cause and a description. Returns `None` when the host is stopping.
+    async fn read_connection(&mut self, mut stream: RelayStream, already_read: Vec<u8>) -> Option<(&'static str, String)> {
+        let mut parser = FrameParser::new(self.options.max_frame_bytes);
+        let mut batch = RawBatch::new(self.buffers.take());
+        batch.buffer_mut().extend_from_slice(&already_read);
+        let mut received_at_us = now_us();
+        let mut received_any = false;
+        let ended = 'connection: loop {
+            // Take every frame the buffer holds.
+            loop {
+                match parser.next(batch.buffer_mut()) {
+                    Ok(Some(Found::Binary(range))) => {
+                        if !received_any {
+                            received_any = true;
+                            self.backoff = INITIAL_BACKOFF;
+                        }
+                        batch.push_range(range, received_at_us);
+                    }
+                    Ok(Some(Found::Oversized(bytes))) => self.count_oversized(bytes),
+                    Ok(Some(Found::Ping(payload))) => {
+                        if let Err(error) = relay_connection::send_pong(&mut stream, &payload).await {
+                            break 'connection ("read_error", format!("failed to answer a ping: {error}"));
+                        }
+                    }
+                    Ok(Some(Found::Close(code, reason))) => {
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, relay_connection::send_close(&mut stream, CLOSE_NORMAL)).await;
+                        let code = code.map_or_else(|| "none".to_owned(), |code| code.to_string());
+                        break 'connection ("closed", format!("the relay closed the connection: code {code}, reason `{reason}`"));
+                    }
+                    Ok(None) => break,
+                    Err(error) => break 'connection ("read_error", format!("invalid WebSocket framing: {error}")),
+                }
+            }
+            parser.reclaim(batch.buffer_mut());
+
+            // Wait for the first frame of a batch, then take only what is ready.
+            let needed = parser.needed(batch.buffer_mut());
+            let read: ReadResult = if batch.is_empty() {
+                let read = tokio::time::timeout(self.options.idle_timeout, read_more(&mut stream, batch.buffer_mut(), needed));
+                tokio::select! {
+                    _ = self.cancel.cancelled() => {
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, relay_connection::send_close(&mut stream, CLOSE_NORMAL)).await;
+                        return None;
+                    }
+                    read = read => match read {
+                        Ok(read) => Some(read),
+                        Err(_) => break ("idle_timeout", format!("no frame for {:?}", self.options.idle_timeout)),
+                    },
+                }
+            } else if batch.len() < MAX_BATCH_FRAMES && batch.buffer_mut().len() < MAX_BATCH_BYTES {
+                read_more(&mut stream, batch.buffer_mut(), needed).now_or_never()
+            } else {
+                None
+            };
+            match read {
+                Some(Ok(0)) => break ("ended", "the connection ended".to_owned()),
+                Some(Ok(_)) => received_at_us = now_us(),
+                Some(Err(error)) => break ("read_error", format!("read failed: {error}")),
+                None => {
+                    // Nothing more is ready: hand the batch over, and go on in a fresh buffer with
+                    // the bytes of a frame not yet complete.
+                    let mut next = RawBatch::new(self.buffers.take());
+                    parser.carry_over(batch.buffer_mut(), next.buffer_mut());
+                    let full = std::mem::replace(&mut batch, next);
+                    if !self.send(full).await {
+                        return None;
+                    }
+                }
+            }
+        };
+        // Frames read before the connection ended still go to the decoder.
+        if !batch.is_empty() && !self.send(batch).await {
+            return None;
+        }
+        Some(ended)
+    }
+
+    /// Queues a batch for the decoder. Returns false when the decoder has stopped, which means
+    /// the host is shutting down.
+    async fn send(&self, batch: RawBatch) -> bool {
+        if batch.is_empty() {
+            self.buffers.give(batch.into_buffer());
+            return true;
+        }
+        self.in_flight.add(batch.len());
+        self.metrics.frame_queue_depth.set(self.in_flight.count() as i64);
+        self.frames.send(batch).await.is_ok()
+    }
+
+    fn count_oversized(&mut self, bytes: u64) {
+        self.metrics.skipped.with_label_values(&[SkipReason::FrameTooLarge.label()]).inc();
+        if let Some(suppressed) = self.oversized_log.allow() {
+            tracing::warn!(bytes, limit = self.options.max_frame_bytes, suppressed, "skipped a frame larger than --max-frame-bytes");
+        }
+    }
+}
+
+/// Reads what the socket has into the spare room of `buffer`, after making room for at least
+/// `needed` bytes (the rest of a frame whose header was read) or `READ_BYTES`.
+fn read_more<'a>(stream: &'a mut RelayStream, buffer: &'a mut Vec<u8>, needed: usize) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    buffer.reserve(needed.max(READ_BYTES));
+    stream.read_buf(buffer)
 }
 
 #[cfg(test)]
