@@ -195,6 +195,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         url: settings.relay_url.clone(),
         idle_timeout: settings.relay_idle_timeout,
         max_frame_bytes: settings.max_frame_bytes,
+        tls: settings.relay_tls.clone(),
     };
     let reader = tokio::spawn(relay::read_relay(
         relay_options,

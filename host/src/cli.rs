@@ -96,9 +96,14 @@ pub struct Cli {
     pub relay_idle_timeout_secs: u64,
 
     /// Frames larger than this are counted (`frame_too_large`) and skipped, in bytes. At most
-    /// 268435456 (256 MiB), the WebSocket layer's own limit.
+    /// 268435456 (256 MiB), because a frame is held whole in memory until decoded.
     #[arg(long, env = "ATKAFKA_MAX_FRAME_BYTES", default_value_t = 16 << 20)]
     pub max_frame_bytes: usize,
+
+    /// A PEM file of root certificates to trust for a wss:// relay, besides the webpki roots: for
+    /// a relay whose certificate a private certificate authority signed. [default: none]
+    #[arg(long, env = "ATKAFKA_RELAY_CA_FILE")]
+    pub relay_ca_file: Option<std::path::PathBuf>,
 
     /// On SIGTERM or SIGINT, how long to wait for messages in flight to be acknowledged, in
     /// seconds.
@@ -211,6 +216,8 @@ pub struct Settings {
     pub cursor_flush_interval: Duration,
     pub relay_idle_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// TLS settings for a wss:// relay.
+    pub relay_tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// Bytes of a guest's stdout and of its stderr kept per call for the log.
@@ -260,6 +267,10 @@ impl Cli {
         }
         let relay_url = crate::relay::subscribe_url(&self.relay_host)
             .map_err(|error| format!("invalid --relay-host: {error}"))?;
+        if self.relay_ca_file.is_some() && !relay_url.starts_with("wss://") {
+            return Err(format!("--relay-ca-file applies only to a wss:// relay, and --relay-host is `{}`", self.relay_host));
+        }
+        let relay_tls = crate::relay_connection::tls_config(self.relay_ca_file.as_deref()).map_err(|error| error.to_string())?;
 
         Ok(Settings {
             relay_url,
@@ -277,6 +288,7 @@ impl Cli {
             cursor_flush_interval: Duration::from_millis(self.cursor_flush_interval_ms),
             relay_idle_timeout: Duration::from_secs(self.relay_idle_timeout_secs),
             max_frame_bytes: self.max_frame_bytes,
+            relay_tls,
         })
     }
 }

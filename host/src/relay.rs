@@ -48,6 +48,8 @@ pub struct RelayOptions {
     pub idle_timeout: Duration,
     /// Frames above this size are counted and skipped.
     pub max_frame_bytes: usize,
+    /// TLS settings for a wss:// relay.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// Frames handed to the decoder at once, at most. The reader sends what the socket has ready, up
@@ -125,7 +127,7 @@ pub async fn read_relay(
         let request_url = if seq >= 0 { format!("{}?cursor={seq}", reader.options.url) } else { reader.options.url.clone() };
         let connection = tokio::select! {
             _ = reader.cancel.cancelled() => return,
-            connection = relay_connection::connect(&request_url) => connection,
+            connection = relay_connection::connect(&request_url, &reader.options.tls) => connection,
         };
         let (cause, reason) = match connection {
             Ok((stream, already_read)) => {

@@ -7,12 +7,14 @@
 //! no frame is lost between the upgrade and the reader. TLS uses the webpki root certificates.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::http::Uri;
@@ -37,14 +39,37 @@ pub const CLOSE_NORMAL: u16 = 1000;
 #[allow(deprecated)]
 static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
-static TLS_CONFIG: LazyLock<Result<Arc<rustls::ClientConfig>, rustls::Error>> = LazyLock::new(|| {
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+/// Builds the TLS settings for wss:// relays: the webpki roots, and the root certificates in the
+/// PEM file `extra_roots` when given.
+pub fn tls_config(extra_roots: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = extra_roots {
+        let certificates = CertificateDer::pem_file_iter(path)
+            .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+            .map_err(|error| TlsConfigError::CaFile { path: path.to_owned(), error: error.to_string() })?;
+        if certificates.is_empty() {
+            return Err(TlsConfigError::CaFile { path: path.to_owned(), error: "no PEM certificate in it".to_owned() });
+        }
+        for certificate in certificates {
+            roots.add(certificate).map_err(|error| TlsConfigError::CaFile { path: path.to_owned(), error: error.to_string() })?;
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(PROVIDER.clone())
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(TlsConfigError::Provider)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
-});
+}
+
+/// An error building the TLS settings.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("invalid --relay-ca-file {path}: {error}")]
+    CaFile { path: PathBuf, error: String },
+    #[error("TLS setup failed: {0}")]
+    Provider(rustls::Error),
+}
 
 /// An error opening the connection to the relay.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +78,6 @@ pub enum ConnectError {
     Url(String),
     #[error("TCP connection to {address} failed: {error}")]
     Tcp { address: String, error: io::Error },
-    #[error("TLS setup failed: {0}")]
-    TlsSetup(rustls::Error),
     #[error("TLS handshake with {host} failed: {error}")]
     Tls { host: String, error: io::Error },
     #[error("WebSocket upgrade failed: {0}")]
@@ -63,7 +86,7 @@ pub enum ConnectError {
 
 /// Connects to the `ws://` or `wss://` URL and upgrades the connection to a WebSocket. Returns the
 /// stream and the bytes already read past the HTTP response, which start the first frame.
-pub async fn connect(url: &str) -> Result<(RelayStream, Vec<u8>), ConnectError> {
+pub async fn connect(url: &str, tls_config: &Arc<rustls::ClientConfig>) -> Result<(RelayStream, Vec<u8>), ConnectError> {
     let uri: Uri = url.parse().map_err(|_| ConnectError::Url(url.to_owned()))?;
     let tls = match uri.scheme_str() {
         Some("wss") => true,
@@ -79,9 +102,8 @@ pub async fn connect(url: &str) -> Result<(RelayStream, Vec<u8>), ConnectError> 
     // Frames are read in large chunks; small writes (pongs) should go out at once.
     let _ = tcp.set_nodelay(true);
     let stream = if tls {
-        let config = TLS_CONFIG.as_ref().map_err(|error| ConnectError::TlsSetup(error.clone()))?;
         let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::Url(url.to_owned()))?;
-        let tls = tokio_rustls::TlsConnector::from(config.clone())
+        let tls = tokio_rustls::TlsConnector::from(tls_config.clone())
             .connect(name, tcp)
             .await
             .map_err(|error| ConnectError::Tls { host, error })?;
@@ -241,7 +263,8 @@ mod tests {
             socket.write_all(&reply).await.unwrap();
             socket
         });
-        let (_stream, after) = connect(&format!("ws://{address}/xrpc/com.atproto.sync.subscribeRepos")).await.unwrap();
+        let url = format!("ws://{address}/xrpc/com.atproto.sync.subscribeRepos");
+        let (_stream, after) = connect(&url, &tls_config(None).unwrap()).await.unwrap();
         assert_eq!(after, [0x82, 3, b'o', b'n', b'e', 0x82, 3, b't', b'w', b'o']);
         drop(server.await.unwrap());
     }
