@@ -647,7 +647,7 @@ fn main() -> anyhow::Result<()> {
             let per_frame = decode + relay_cpu + messages_per_frame * (guest + producer_cpu + broker_cpu);
             let ceiling = cores / per_frame;
             row(
-                "4. ceiling on these cores: frames/s if the host cost only (1) + (2) + the plain producer's CPU",
+                "4. ceiling on these cores beside this relay and broker: frames/s if the host cost only (1) + (2) + the plain producer's CPU",
                 format!("{ceiling:.0} ({:.2} of the plain producer)", ceiling * messages_per_frame / plain),
             );
             row("4. end to end / that ceiling", format!("{:.2}", e2e_frames_per_second / ceiling));
