@@ -59,17 +59,46 @@ const MAX_BATCH_FRAMES: usize = 128;
 /// Builds the subscription URL from a `--relay-host` value: `wss://host`, `ws://host:port`,
 /// `https://host` (as wss), `http://host` (as ws) or a bare host (as wss).
 pub fn subscribe_url(relay_host: &str) -> Result<String, String> {
-    let relay_host = relay_host.trim().trim_end_matches('/');
+    let relay_host = relay_host.trim();
     let (scheme, rest) = match relay_host.split_once("://") {
         Some(("wss" | "https", rest)) => ("wss", rest),
         Some(("ws" | "http", rest)) => ("ws", rest),
         Some((scheme, _)) => return Err(format!("unsupported scheme `{scheme}` in `{relay_host}` (use wss:// or ws://)")),
         None => ("wss", relay_host),
     };
-    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
-        return Err(format!("`{relay_host}` is not a host name with an optional port"));
+    let authority = rest.trim_end_matches('/');
+    check_authority(authority).map_err(|problem| format!("`{relay_host}` is not a host name with an optional port: {problem}"))?;
+    Ok(format!("{scheme}://{authority}{SUBSCRIBE_PATH}"))
+}
+
+/// Checks that `authority` is a host name, an IPv4 address or a bracketed IPv6 address, with an
+/// optional port from 1 to 65535, and returns what is wrong otherwise.
+fn check_authority(authority: &str) -> Result<(), String> {
+    let port = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (address, after) = bracketed.split_once(']').ok_or("the IPv6 address has no closing `]`")?;
+        address.parse::<std::net::Ipv6Addr>().map_err(|_| format!("`{address}` is not an IPv6 address"))?;
+        if after.is_empty() {
+            return Ok(());
+        }
+        after.strip_prefix(':').ok_or_else(|| format!("unexpected `{after}` after the address"))?
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+        if host.is_empty() || !host.chars().all(valid) {
+            return Err(format!("invalid host `{host}`"));
+        }
+        match port {
+            Some(port) => port,
+            None => return Ok(()),
+        }
+    };
+    match port.parse::<u16>() {
+        Ok(1..) => Ok(()),
+        _ => Err(format!("invalid port `{port}` (use 1 to 65535)")),
     }
-    Ok(format!("{scheme}://{rest}{SUBSCRIBE_PATH}"))
 }
 
 fn now_us() -> u64 {
@@ -299,5 +328,26 @@ mod tests {
         assert!(subscribe_url("ftp://x").is_err());
         assert!(subscribe_url("wss://x/xrpc").is_err());
         assert!(subscribe_url("").is_err());
+    }
+
+    #[test]
+    fn relay_host_ports_and_addresses_are_checked() {
+        for valid in ["ws://127.0.0.1:9000", "relay.example:443", "wss://[::1]:8443", "ws://[::1]", "wss://my_relay.local"] {
+            assert!(subscribe_url(valid).is_ok(), "{valid} is valid");
+        }
+        for (invalid, problem) in [
+            ("ws://127.0.0.1:99999", "invalid port `99999`"),
+            ("ws://127.0.0.1:abc", "invalid port `abc`"),
+            ("ws://127.0.0.1:0", "invalid port `0`"),
+            ("relay.example:", "invalid port ``"),
+            ("ws://", "invalid host"),
+            ("ws://:9000", "invalid host ``"),
+            ("wss://[::1", "no closing"),
+            ("wss://[zz]:1", "not an IPv6 address"),
+            ("wss://bad host", "invalid host"),
+        ] {
+            let error = subscribe_url(invalid).expect_err(invalid);
+            assert!(error.contains(problem), "{invalid}: {error}");
+        }
     }
 }
