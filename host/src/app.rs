@@ -116,22 +116,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = metrics::bind(settings.metrics_listen_address).await?;
     tokio::spawn(metrics::serve(listener, metrics.clone()));
 
-    let config = client_config(&settings.bootstrap_servers, &settings.kafka_properties);
-    for topic in tenant_topics(&settings.tenants) {
-        kafka::topic::ensure_topic(&config, &topic, settings.topic_partitions, settings.topic_replication_factor).await?;
-    }
-    let producer = Arc::new(Producer::new(&config)?);
-    let topics = tenant_topics(&settings.tenants);
-    let warm = producer.clone();
-    tokio::task::spawn_blocking(move || {
-        for topic in topics {
-            if let Err(error) = warm.warm_up(&topic, Duration::from_secs(10)) {
-                tracing::warn!(%topic, %error, "could not fetch the topic's metadata ahead of the first message");
-            }
+    let mut signals = ShutdownSignals::new()?;
+    let producer = tokio::select! {
+        producer = connect_kafka(&settings) => producer?,
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutting down before Kafka was ready");
+            return Ok(());
         }
-    })
-    .await
-    .context("failed to wait for the producer's metadata")?;
+    };
 
     let (fatal_sender, mut fatal_receiver) = mpsc::unbounded_channel::<Fatal>();
     let (acknowledged_sender, acknowledged) = watch::channel(start_cursor);
@@ -208,8 +200,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
 
     let failure = tokio::select! {
-        signal = wait_for_shutdown_signal() => {
-            tracing::info!(signal = signal?, "shutting down: no further frames are read");
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutting down: no further frames are read");
             None
         }
         fatal = fatal_receiver.recv() => fatal,
@@ -266,13 +258,67 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// Waits for SIGTERM or SIGINT and returns its name.
-async fn wait_for_shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?;
-    Ok(tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+/// How often the host logs that it is still waiting for the Kafka brokers at start.
+const KAFKA_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Creates the tenants' topics when missing and the producer, and fetches the topics' metadata.
+/// Logs every `KAFKA_WAIT_LOG_INTERVAL` while the brokers do not answer.
+async fn connect_kafka(settings: &Settings) -> anyhow::Result<Arc<Producer>> {
+    let servers = settings.bootstrap_servers.as_str();
+    tracing::info!(bootstrap_servers = servers, "connecting to Kafka");
+    let config = client_config(servers, &settings.kafka_properties);
+    for topic in tenant_topics(&settings.tenants) {
+        let create = kafka::topic::ensure_topic(&config, &topic, settings.topic_partitions, settings.topic_replication_factor);
+        tokio::pin!(create);
+        let started = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                created = &mut create => {
+                    created.with_context(|| format!("Kafka at --bootstrap-servers `{servers}`"))?;
+                    break;
+                }
+                _ = tokio::time::sleep(KAFKA_WAIT_LOG_INTERVAL) => {
+                    let waited_secs = started.elapsed().as_secs();
+                    tracing::warn!(bootstrap_servers = servers, %topic, waited_secs, "still waiting for the Kafka brokers");
+                }
+            }
+        }
+    }
+    let producer = Arc::new(Producer::new(&config)?);
+    let topics = tenant_topics(&settings.tenants);
+    let warm = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        for topic in topics {
+            if let Err(error) = warm.warm_up(&topic, Duration::from_secs(10)) {
+                tracing::warn!(%topic, %error, "could not fetch the topic's metadata ahead of the first message");
+            }
+        }
     })
+    .await
+    .context("failed to wait for the producer's metadata")?;
+    Ok(producer)
+}
+
+/// SIGTERM and SIGINT, listened for from the start, so that neither is missed between stages.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> anyhow::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            terminate: signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT and returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Nothing lost: the real host binary against a loopback replay relay and a Tansu broker, with
 //! faults injected mid-stream. Each test checks that the topic ends up holding every expected
-//! event at least once, and reports the events expected, delivered and duplicated.
+//! event at least once, and reports the events expected, delivered and duplicated. The last test
+//! starts the host with no broker at all.
 //!
 //! The stream is the 150-frame relay capture followed by generated commits, each with a distinct
 //! rkey, so that every event on the topic can be matched to exactly one expected event.
@@ -207,4 +208,26 @@ fn future_cursor_stops_the_host_with_a_clear_error() {
     let log = host.log();
     assert!(log.contains("FutureCursor"), "the log names the error frame:\n{log}");
     assert!(bench.relay.requests().len() <= 2, "no reconnect loop: {:?}", bench.relay.requests());
+}
+
+#[test]
+fn unreachable_broker_at_start_is_logged_and_sigterm_ends_the_wait() {
+    // A port nothing listens on: bound, then released.
+    let closed_port = atkafka_integration_tests::broker::free_port();
+    let args: Vec<String> = ["--relay-host", "ws://127.0.0.1:1", "--bootstrap-servers", &format!("127.0.0.1:{closed_port}")]
+        .into_iter()
+        .chain(["--output-topic", TOPIC, "--metrics-listen-address", "127.0.0.1:0"])
+        .map(str::to_owned)
+        .collect();
+    let mut host = HostProcess::start(&args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !host.log().contains("still waiting for the Kafka brokers") {
+        assert!(Instant::now() < deadline, "no warning about the brokers; log:\n{}", host.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    host.signal(libc::SIGTERM);
+    let status = host.wait_for_exit(Duration::from_secs(10));
+    let log = host.log();
+    assert_eq!(status.and_then(|status| status.code()), Some(0), "exit after SIGTERM; log:\n{log}");
+    assert!(log.contains("shutting down before Kafka was ready"), "log:\n{log}");
 }
