@@ -40,6 +40,7 @@ examples:
 	scripts/install-deps.sh wasm-target examples
 	CARGO=$(CARGO) scripts/build-examples.sh
 
-bench: test-deps build
+bench: build
+	scripts/install-deps.sh tansu
 	$(CARGO) build --release -p atkafka-integration-tests --bin bench
 	ATKAFKA_HOST_BIN=$(HOST_BIN) target/release/bench

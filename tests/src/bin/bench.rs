@@ -480,6 +480,9 @@ fn main() -> anyhow::Result<()> {
     let steps = steps();
     let mut report = String::new();
     writeln!(report, "Machine: {}; atkafka-host {}; median of {runs} runs.\n", machine(), env!("CARGO_PKG_VERSION"))?;
+    if std::env::var_os("BENCH_STEPS").is_some() {
+        writeln!(report, "Steps measured: {steps:?}.\n")?;
+    }
     writeln!(report, "| measure | result |\n|---|---|")?;
     let mut row = |name: &str, value: String| {
         println!("{name}: {value}");
@@ -557,8 +560,7 @@ fn main() -> anyhow::Result<()> {
         guest_per_event = Some(1.0 / guest);
     }
     if !steps.iter().any(|step| (3..=7).contains(step)) {
-        println!("\n{report}");
-        return Ok(());
+        return write_report(&report);
     }
 
     eprintln!("starting the Tansu broker");
@@ -700,9 +702,14 @@ fn main() -> anyhow::Result<()> {
         row("7. start-up to first acknowledged message", format!("{:.0} ms", startup * 1e3));
     }
 
+    write_report(&report)
+}
+
+/// Prints the report and writes it to target/bench/results.md.
+fn write_report(report: &str) -> anyhow::Result<()> {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("results.md"), &report)?;
+    std::fs::write(out.join("results.md"), report)?;
     println!("\n{report}\nwritten to {}", out.join("results.md").display());
     Ok(())
 }
