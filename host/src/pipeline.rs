@@ -153,6 +153,9 @@ impl Pipeline {
         for event in &decoded.events {
             if let Event::Info(info) = event {
                 if info.name == "OutdatedCursor" {
+                    // The relay starts from the oldest event it holds: the seqs between the cursor
+                    // and that event are reported here as possible loss, not counted as a gap.
+                    self.previous_seq = None;
                     tracing::warn!(
                         message = ?info.message,
                         "the relay reports an outdated cursor: events between the cursor and the \

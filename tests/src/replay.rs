@@ -27,6 +27,9 @@ pub struct ReplayOptions {
     /// Reply to a request whose cursor is above this seq with a `FutureCursor` error frame and
     /// close, as a relay does when asked for a seq it has not reached.
     pub head_seq: Option<i64>,
+    /// Send an `OutdatedCursor` info frame first when the request's cursor is more than one below
+    /// the first frame's seq, as a relay does when it no longer holds the events after the cursor.
+    pub report_outdated_cursor: bool,
 }
 
 /// Reports whether a frame is an error frame (header `op` = -1).
@@ -104,6 +107,13 @@ impl ReplayRelay {
                         }
                     }
                     let start = start_index(&seqs, cursor);
+                    let first_seq = seqs.iter().flatten().next().copied();
+                    if options.report_outdated_cursor && cursor.zip(first_seq).is_some_and(|(cursor, first)| cursor + 1 < first) {
+                        let frame = crate::synthetic::info_frame("OutdatedCursor", "requested cursor exceeded limit");
+                        if socket.send(Message::binary(frame)).await.is_err() {
+                            return;
+                        }
+                    }
                     let mut sent = 0;
                     for frame in &options.frames[start..] {
                         if options.close_after.is_some_and(|limit| sent >= limit) {

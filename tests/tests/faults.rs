@@ -231,3 +231,17 @@ fn unreachable_broker_at_start_is_logged_and_sigterm_ends_the_wait() {
     assert_eq!(status.and_then(|status| status.code()), Some(0), "exit after SIGTERM; log:\n{log}");
     assert!(log.contains("shutting down before Kafka was ready"), "log:\n{log}");
 }
+
+#[test]
+fn outdated_cursor_is_not_counted_as_a_seq_gap() {
+    let Some(stream) = capture_stream(0) else { return };
+    let options = ReplayOptions { frames: stream.frames.clone(), report_outdated_cursor: true, ..ReplayOptions::default() };
+    let bench = Bench::new(options, &[&TENANT_ARGS[..], &["--cursor", "1000"]].concat());
+    let mut host = bench.start_host();
+    bench.wait_for_cursor(&host, stream.last_seq, Duration::from_secs(60));
+    let log = host.log();
+    assert!(log.contains("the relay reports an outdated cursor"), "log:\n{log}");
+    let gaps = metric_value(&bench.metrics(), "atkafka_seq_gaps");
+    assert_eq!(gaps, Some(0.0), "the relay's jump from cursor 1000 to its oldest event is no gap; log:\n{log}");
+    assert!(host.terminate(Duration::from_secs(30)).success());
+}
