@@ -67,7 +67,6 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut latencies = Vec::with_capacity(events.len() * args.repeat as usize);
     let (mut messages_total, mut failures) = (0usize, 0usize);
-    let batched = formatter.batch_limit() > 1;
     for round in 0..args.repeat {
         let mut start = 0;
         while start < events.len() {
@@ -114,7 +113,7 @@ pub fn run(args: FormatArgs) -> anyhow::Result<()> {
         args.repeat,
         messages_total,
         failures,
-        if batched { "called with format-batch" } else { "called with format" },
+        format!("called with {}", formatter.batch_export()),
         micros(percentile(0.5)),
         micros(percentile(0.99)),
         formatter.peak_memory_bytes() / 1024,
@@ -132,11 +131,32 @@ fn now_us() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_micros() as u64).unwrap_or(0)
 }
 
-/// Renders one message as a JSON line: the event index, topic, key, headers and value (as JSON when the
-/// value is JSON, as a string otherwise).
-fn render(index: usize, event: &Event, message: &Message) -> Value {
-    let value = serde_json::from_slice(&message.value)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&message.value).into_owned()));
+/// One message as a JSON line.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    event: usize,
+    topic: Option<&'a str>,
+    key: String,
+    headers: serde_json::Map<String, Value>,
+    value: LineValue<'a>,
+}
+
+/// A message value: its exact bytes when they are JSON, else a string.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum LineValue<'a> {
+    Json(&'a serde_json::value::RawValue),
+    Text(String),
+}
+
+/// Renders one message as a JSON line: the event index, topic, key, headers and value. A JSON
+/// value is written byte for byte as the formatter returned it, so it can be compared with what
+/// reaches Kafka; any other value is written as a string.
+fn render(index: usize, event: &Event, message: &Message) -> String {
+    let value = match serde_json::from_slice::<&serde_json::value::RawValue>(&message.value) {
+        Ok(raw) => LineValue::Json(raw),
+        Err(_) => LineValue::Text(String::from_utf8_lossy(&message.value).into_owned()),
+    };
     let key = match &message.key {
         Some(key) => String::from_utf8_lossy(key).into_owned(),
         None => event.default_key().to_owned(),
@@ -146,7 +166,8 @@ fn render(index: usize, event: &Event, message: &Message) -> Value {
         .iter()
         .map(|(name, value)| (name.clone(), Value::String(String::from_utf8_lossy(value).into_owned())))
         .collect();
-    serde_json::json!({"event": index, "topic": message.topic, "key": key, "headers": headers, "value": value})
+    let line = Line { event: index, topic: message.topic.as_deref(), key, headers, value };
+    serde_json::to_string(&line).expect("a line of strings, numbers and JSON serializes")
 }
 
 fn events_from_capture(path: &PathBuf) -> anyhow::Result<Vec<Event>> {

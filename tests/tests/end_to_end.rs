@@ -164,3 +164,38 @@ fn osprey_formatter_wraps_every_capture_event() {
     check_keys_and_order(&run, &inner);
     check_metrics(&run);
 }
+
+/// `atkafka-host format` prints each message's value as the bytes the host would produce, so that
+/// its output can be compared with what reaches Kafka.
+#[test]
+fn format_command_prints_values_byte_for_byte() {
+    let capture = fixture_or_skip!("relay-capture/frames.bin.zst");
+    let events: Vec<atkafka_host::firehose::event::Event> = read_capture(&capture)
+        .expect("the capture reads")
+        .iter()
+        .flat_map(|frame| atkafka_host::firehose::decode::decode(frame).events)
+        .collect();
+    let output = std::process::Command::new(atkafka_integration_tests::host::binary())
+        .args(["format", "--capture"])
+        .arg(&capture)
+        .output()
+        .expect("run atkafka-host format");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary = String::from_utf8_lossy(&output.stderr);
+    assert!(summary.contains("called with format-packed"), "{summary}");
+
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        event: usize,
+        #[serde(borrow)]
+        value: &'a serde_json::value::RawValue,
+    }
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
+    let lines: Vec<Line> = stdout.lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), events.len());
+    for line in lines {
+        let mut expected = Vec::new();
+        atkafka_host::standard_shape::write_standard(&mut expected, &events[line.event]);
+        assert_eq!(line.value.get(), String::from_utf8(expected).unwrap(), "event {}", line.event);
+    }
+}

@@ -191,6 +191,16 @@ impl Formatter {
         &self.name
     }
 
+    /// Returns the name of the export that formats events in batches (`format-packed` or
+    /// `format-batch`), or `format` for a component that formats one event a call.
+    pub fn batch_export(&self) -> &'static str {
+        match self.pre {
+            Pre::Single(_) => "format",
+            Pre::Batch(_) => "format-batch",
+            Pre::Packed(_) => "format-packed",
+        }
+    }
+
     /// Builds a fresh instance and calls its `configure`.
     fn instantiate(&mut self) -> Result<(), FormatError> {
         let ticks = deadline_ticks(self.limits.timeout);
