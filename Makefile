@@ -25,6 +25,7 @@ guests:
 	$(CARGO) build --profile guest --target wasm32-wasip2 $(GUESTS) $(TEST_GUESTS) --target-dir $(GUEST_TARGET_DIR)
 
 build: guests
+	scripts/install-deps.sh system
 	$(CARGO) build --release -p atkafka-host
 
 test-deps:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing atkafka-host needs, skipping whatever is already there.
+#   system        OpenSSL's headers and pkg-config, which librdkafka's TLS support builds
+#                 against (apt-get install libssl-dev pkg-config, with sudo unless root)
 #   wasm-target   the Rust wasm32-wasip2 target, for the formatter guests
 #   tansu         the Tansu Kafka-protocol broker (in-memory storage), for tests and `make run`;
 #                 building it takes 12 to 20 minutes the first time
@@ -17,6 +19,15 @@ REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 for component in "$@"; do
   case "$component" in
+    system)
+      if ! pkg-config --exists openssl 2>/dev/null; then
+        echo "installing libssl-dev and pkg-config (apt-get)"
+        sudo_if_needed=()
+        if [ "$(id -u)" != 0 ]; then sudo_if_needed=(sudo); fi
+        "${sudo_if_needed[@]}" apt-get update -qq
+        "${sudo_if_needed[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config
+      fi
+      ;;
     wasm-target)
       if ! rustup target list --installed | grep -qx wasm32-wasip2; then
         echo "installing the Rust target wasm32-wasip2"
@@ -73,7 +84,7 @@ for component in "$@"; do
       fi
       ;;
     *)
-      echo "unknown component: $component (use wasm-target, tansu, examples or pds)" >&2
+      echo "unknown component: $component (use system, wasm-target, tansu, examples or pds)" >&2
       exit 2
       ;;
   esac

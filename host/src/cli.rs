@@ -258,6 +258,16 @@ impl Cli {
         if let Some((key, _)) = self.kafka_properties.iter().find(|(key, _)| key == "bootstrap.servers") {
             return Err(format!("--kafka-property {key} conflicts with --bootstrap-servers: use --bootstrap-servers"));
         }
+        // librdkafka checks every property's name and value when it builds its configuration, so
+        // a typo stops the host here rather than when it first reaches for Kafka.
+        crate::kafka::producer::client_config(&bootstrap_servers, &self.kafka_properties)
+            .create_native_config()
+            .map_err(|error| match error {
+                rdkafka::error::KafkaError::ClientConfig(_, description, key, value) => {
+                    format!("invalid --kafka-property {key}={value}: {description}")
+                }
+                other => format!("invalid --kafka-property: {other}"),
+            })?;
         if self.max_frame_bytes == 0 || self.max_frame_bytes > crate::relay::WEBSOCKET_MESSAGE_LIMIT {
             return Err(format!(
                 "invalid --max-frame-bytes {}: use 1 to {}",

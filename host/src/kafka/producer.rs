@@ -180,3 +180,30 @@ impl Producer {
         self.inner.flush(timeout)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Managed Kafka services want TLS with SASL, and zstd is the usual compression: librdkafka
+    /// accepts those settings only when built with them.
+    #[test]
+    fn tls_sasl_and_zstd_settings_are_available() {
+        let properties: Vec<(String, String)> = [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "user"),
+            ("sasl.password", "secret"),
+            ("compression.type", "zstd"),
+        ]
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+        let config = client_config("127.0.0.1:1", &properties);
+        if let Err(error) = config.create_native_config() {
+            panic!("librdkafka rejected the settings: {error}");
+        }
+        let producer: Result<ThreadedProducer<DeliveryContext>, _> = config.create_with_context(DeliveryContext { reported: Arc::default() });
+        assert!(producer.is_ok(), "a SCRAM producer over TLS could not be created: {:?}", producer.err());
+    }
+}
