@@ -31,8 +31,8 @@ use crate::spent_frames::SpentFrames;
 use crate::relay::{InFlight, RelayOptions};
 use crate::{kafka, relay};
 
-/// Batches of decoded frames waiting for one tenant's thread; short for the same reason as
-/// `FRAME_QUEUE_CAPACITY`.
+/// Batches of decoded frames waiting for one tenant's thread. The queue is short for the same
+/// reason as `FRAME_QUEUE_CAPACITY`.
 const TENANT_QUEUE_CAPACITY: usize = 2;
 /// Batches of one tenant's frames whose messages are with librdkafka and whose delivery reports
 /// are still awaited.
@@ -262,7 +262,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 const KAFKA_WAIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Creates the tenants' topics when missing and the producer, and fetches the topics' metadata.
-/// Logs every `KAFKA_WAIT_LOG_INTERVAL` while the brokers do not answer.
+/// Logs a warning every `KAFKA_WAIT_LOG_INTERVAL` while the brokers do not reply.
 async fn connect_kafka(settings: &Settings) -> anyhow::Result<Arc<Producer>> {
     let servers = settings.bootstrap_servers.as_str();
     tracing::info!(bootstrap_servers = servers, "connecting to Kafka");

@@ -150,8 +150,8 @@ enum LineValue<'a> {
 }
 
 /// Renders one message as a JSON line: the event index, topic, key, headers and value. A JSON
-/// value is written byte for byte as the formatter returned it, so it can be compared with what
-/// reaches Kafka; any other value is written as a string.
+/// value is written byte for byte as the formatter returned it, so that it can be compared with
+/// what reaches Kafka. Any other value is written as a string.
 fn render(index: usize, event: &Event, message: &Message) -> String {
     let value = match serde_json::from_slice::<&serde_json::value::RawValue>(&message.value) {
         Ok(raw) => LineValue::Json(raw),

@@ -29,7 +29,7 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 /// which stops the host (see `delivery`). The local queue is capped at 2 MiB
 /// (`queue.buffering.max.kbytes`; librdkafka's own default is 1 GiB), which bounds the host's
 /// memory while the broker is slow. In the benchmark, RSS grew from 100 000 to 1 000 000 events
-/// as the broker slowed and the queue filled: 13-28 % with 16 MiB, 10-18 % with 4 MiB and 4-6 %
+/// as the broker slowed and the queue filled: 13-28 % with 16 MiB, 5-18 % with 4 MiB and 2-6 %
 /// with 2 MiB. Throughput was the same with 2 MiB as with 4 MiB, and lower with 1 MiB.
 pub fn client_config(bootstrap_servers: &str, properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
