@@ -197,9 +197,6 @@ struct Reader {
     oversized_log: LogLimiter,
 }
 
-/// The result of a read of the socket: `None` when nothing was ready.
-type ReadResult = Option<std::io::Result<usize>>;
-
 impl Reader {
     /// Reads frames from one connection into batches for the decoder until the connection ends,
     /// and returns the cause and a description. Returns `None` when the host is stopping.
@@ -239,7 +236,8 @@ impl Reader {
 
             // Wait for the first frame of a batch, then take only what is ready.
             let needed = parser.needed(batch.buffer_mut());
-            let read: ReadResult = if batch.is_empty() {
+            // The bytes read, or `None` when nothing was ready.
+            let read: Option<std::io::Result<usize>> = if batch.is_empty() {
                 let read = tokio::time::timeout(self.options.idle_timeout, read_more(&mut stream, batch.buffer_mut(), needed));
                 tokio::select! {
                     _ = self.cancel.cancelled() => {

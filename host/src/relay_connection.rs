@@ -34,8 +34,7 @@ pub const CLOSE_NORMAL: u16 = 1000;
 
 /// The crypto provider for TLS and for the masking keys of the frames the host sends.
 // TODO: ring has no post-quantum key exchange, which is why rustls deprecates its provider.
-// aws-lc-rs has one but needs cmake to build; until then relay connections use classical key
-// exchange only.
+// aws-lc-rs has one but needs cmake to build, so relay connections use classical key exchange.
 #[allow(deprecated)]
 static PROVIDER: LazyLock<Arc<CryptoProvider>> = LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 

@@ -208,17 +208,18 @@ impl FrameParser {
         if !header.fin || header.length > MAX_CONTROL_PAYLOAD {
             return Err(ProtocolError::BadControlFrame(header.opcode));
         }
-        let Some(payload) = self.whole_payload(buffer, header) else { return Ok(Step::Incomplete) };
+        let Some(range) = self.whole_payload(buffer, header) else { return Ok(Step::Incomplete) };
+        let payload = &buffer[range.clone()];
         let found = match header.opcode {
             OPCODE_CLOSE => {
-                let code = buffer[payload.clone()].get(..2).map(|code| u16::from_be_bytes([code[0], code[1]]));
-                let reason = String::from_utf8_lossy(buffer[payload.clone()].get(2..).unwrap_or_default()).into_owned();
+                let code = payload.get(..2).map(|code| u16::from_be_bytes([code[0], code[1]]));
+                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned();
                 Some(Found::Close(code, reason))
             }
-            OPCODE_PING => Some(Found::Ping(buffer[payload.clone()].to_vec())),
+            OPCODE_PING => Some(Found::Ping(payload.to_vec())),
             _ => None,
         };
-        self.position = payload.end;
+        self.position = range.end;
         Ok(found.map_or(Step::Continue, Step::Found))
     }
 

@@ -28,7 +28,7 @@ pub struct ReplayOptions {
     /// close, as a relay does when asked for a seq it has not reached.
     pub head_seq: Option<i64>,
     /// Send an `OutdatedCursor` info frame first when the request's cursor is more than one below
-    /// the first frame's seq, as a relay does when it no longer holds the events after the cursor.
+    /// the first frame's seq, as a relay does when it no longer keeps the events after the cursor.
     pub report_outdated_cursor: bool,
 }
 

@@ -211,7 +211,7 @@ fn future_cursor_stops_the_host_with_a_clear_error() {
 }
 
 #[test]
-fn unreachable_broker_at_start_is_logged_and_sigterm_ends_the_wait() {
+fn unreachable_broker_wait_ends_on_sigterm() {
     // A port nothing listens on: bound, then released.
     let closed_port = atkafka_integration_tests::broker::free_port();
     let args: Vec<String> = ["--relay-host", "ws://127.0.0.1:1", "--bootstrap-servers", &format!("127.0.0.1:{closed_port}")]
@@ -233,7 +233,7 @@ fn unreachable_broker_at_start_is_logged_and_sigterm_ends_the_wait() {
 }
 
 #[test]
-fn outdated_cursor_is_not_counted_as_a_seq_gap() {
+fn outdated_cursor_jump_is_no_gap() {
     let Some(stream) = capture_stream(0) else { return };
     let options = ReplayOptions { frames: stream.frames.clone(), report_outdated_cursor: true, ..ReplayOptions::default() };
     let bench = Bench::new(options, &[&TENANT_ARGS[..], &["--cursor", "1000"]].concat());
