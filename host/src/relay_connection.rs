@@ -2,9 +2,9 @@
 //! after which the reader reads raw frames itself (see `websocket`). Also writes the few frames
 //! the host sends: pongs and close frames.
 //!
-//! Guarantees: tungstenite performs and checks the upgrade, but never reads past the end of the
-//! HTTP response. Bytes the relay sent right after the response are returned with the stream, so
-//! no frame is lost between the upgrade and the reader. TLS uses the webpki root certificates.
+//! Guarantees: tungstenite performs and checks the upgrade. The connection is read only up to the
+//! read that completes the HTTP response, and bytes the relay sent right after the response are
+//! returned with the stream, so no frame is lost between the upgrade and the reader. TLS uses the webpki root certificates.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -114,13 +114,13 @@ pub async fn connect(url: &str, tls_config: &Arc<rustls::ClientConfig>) -> Resul
     Ok(socket.into_inner().into_parts())
 }
 
-/// A stream that hands its reader only the bytes up to the end of the HTTP response header, and
-/// keeps what follows for the frame reader. tungstenite's handshake reads in chunks and would
-/// otherwise keep the first frames in its own buffer.
+/// A stream that reads the connection until the HTTP response header is complete and keeps every
+/// byte it read, so that what followed the header goes to the frame reader. tungstenite's
+/// handshake reads in chunks, and the frames it may have read too are dropped with it.
 struct UpgradeStream {
     inner: RelayStream,
     buffered: Vec<u8>,
-    /// How much of `buffered` was handed to the reader.
+    /// How much of `buffered` was handed to tungstenite.
     served: usize,
     /// The end of the response header in `buffered`, once it arrived.
     header_end: Option<usize>,
@@ -159,8 +159,7 @@ impl AsyncRead for UpgradeStream {
                 .position(|window| window == b"\r\n\r\n")
                 .map(|offset| searched_from + offset + 4);
         }
-        let end = this.header_end.unwrap_or(this.buffered.len());
-        let count = out.remaining().min(end - this.served);
+        let count = out.remaining().min(this.buffered.len() - this.served);
         out.put_slice(&this.buffered[this.served..this.served + count]);
         this.served += count;
         Poll::Ready(Ok(()))
