@@ -95,10 +95,15 @@ pub async fn connect(url: &str, tls_config: &Arc<rustls::ClientConfig>) -> Resul
     let host = uri.host().ok_or_else(|| ConnectError::Url(url.to_owned()))?;
     // An IPv6 address comes in brackets, which neither the resolver nor TLS take.
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let port = match uri.port() {
+        Some(port) => port.as_str().parse::<u16>().map_err(|_| ConnectError::Url(url.to_owned()))?,
+        None if tls => 443,
+        None => 80,
+    };
+
     let address = format!("{host}:{port}");
     let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|error| ConnectError::Tcp { address, error })?;
-    // Frames are read in large chunks; small writes (pongs) should go out at once.
+    // Pongs and close frames are small, so they go out at once instead of waiting to be merged.
     let _ = tcp.set_nodelay(true);
     let stream = if tls {
         let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::Url(url.to_owned()))?;
@@ -110,6 +115,7 @@ pub async fn connect(url: &str, tls_config: &Arc<rustls::ClientConfig>) -> Resul
     } else {
         MaybeTlsStream::Plain(tcp)
     };
+
     let (socket, _response) = tokio_tungstenite::client_async_with_config(url, UpgradeStream::new(stream), None).await?;
     Ok(socket.into_inner().into_parts())
 }
