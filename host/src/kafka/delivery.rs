@@ -53,14 +53,23 @@ impl TenantReports {
     }
 }
 
-/// Receives the next frame's reports from every tenant; `None` once any tenant's queue is closed
-/// and drained, because from then on no frame can be complete.
-async fn next_frame(tenants: &mut [TenantReports]) -> Option<Vec<FrameDeliveries>> {
-    let mut reports = Vec::with_capacity(tenants.len());
+/// Receives the next frame's reports from every tenant into `reports`. Returns `false` once any
+/// tenant's queue is closed and drained, because from then on no frame can be complete.
+async fn next_frame(tenants: &mut [TenantReports], reports: &mut Vec<FrameDeliveries>) -> bool {
+    reports.clear();
     for tenant in tenants.iter_mut() {
-        reports.push(tenant.next().await?);
+        match tenant.next().await {
+            Some(report) => reports.push(report),
+            None => return false,
+        }
     }
-    Some(reports)
+    true
+}
+
+/// Returns whether every tenant's report of the next frame has arrived, so that reading it does
+/// not wait.
+fn next_frame_ready(tenants: &[TenantReports]) -> bool {
+    tenants.iter().all(|tenant| !tenant.buffered.is_empty())
 }
 
 /// Waits until every message sent with `ack` has its delivery report. `reported` is woken each
@@ -88,14 +97,25 @@ pub async fn check_deliveries(
     let mut stalled = false;
     let produced_ok = metrics.produced_events.with_label_values(&["ok"]);
     let produced_failed = metrics.produced_events.with_label_values(&["failed"]);
-    while let Some(reports) = next_frame(&mut tenants).await {
+    let mut reports = Vec::with_capacity(tenants.len());
+    let mut cursor = AcknowledgedSeq { sender: acknowledged, metrics: metrics.clone(), unpublished: None };
+    loop {
+        if !next_frame_ready(&tenants) {
+            cursor.publish();
+        }
+        if !next_frame(&mut tenants, &mut reports).await {
+            break;
+        }
         let depth = tenants.iter().map(|tenant| tenant.buffered.len() + tenant.queue.len()).max().unwrap_or(0);
         metrics.delivery_queue_depth.set(depth as i64);
         let seq = reports.first().and_then(|report| report.seq);
         let received_at_us = reports.first().map(|report| report.received_at_us).unwrap_or(0);
         let mut had_messages = false;
         for ack in reports.iter().filter_map(|report| report.ack.as_deref()) {
-            all_reported(ack, &reported).await;
+            if !ack.is_reported() {
+                cursor.publish();
+                all_reported(ack, &reported).await;
+            }
             let (sent, failed) = ack.counts();
             had_messages |= sent > 0;
             totals.acknowledged += (sent - failed) as u64;
@@ -104,6 +124,7 @@ pub async fn check_deliveries(
             produced_failed.inc_by(failed as u64);
             if failed > 0 && !stalled {
                 stalled = true;
+                cursor.publish();
                 let (topic, error) = ack.first_failure().unwrap_or_default();
                 let did = reports.first().and_then(|report| report.did.clone()).unwrap_or_default();
                 let _ = fatal.send(Fatal::DeliveryFailed { topic, did, seq, error });
@@ -120,17 +141,114 @@ pub async fn check_deliveries(
             metrics.delivery_latency_seconds.observe(now_us.saturating_sub(received_at_us) as f64 / 1e6);
         }
         if let Some(seq) = seq {
-            let advanced = acknowledged.send_if_modified(|current| {
-                if current.is_some_and(|current| current >= seq) {
-                    return false;
-                }
-                *current = Some(seq);
-                true
-            });
-            if advanced {
-                metrics.cursor_seq.set(seq);
-            }
+            cursor.complete(seq);
         }
     }
+    cursor.publish();
     totals
+}
+
+/// The acknowledged seq, published on a watch channel. Publishing wakes the cursor writer, so
+/// the checker publishes once before each wait rather than for every frame. A seq waits
+/// unpublished only while the checker runs through frames whose reports have all arrived.
+struct AcknowledgedSeq {
+    sender: watch::Sender<Option<i64>>,
+    metrics: Arc<Metrics>,
+    /// The seq of the last complete frame, when it was not published yet.
+    unpublished: Option<i64>,
+}
+
+impl AcknowledgedSeq {
+    /// Records that every message up to and including frame `seq` was acknowledged.
+    fn complete(&mut self, seq: i64) {
+        self.unpublished = Some(seq);
+    }
+
+    /// Publishes the last complete seq, unless an equal or later seq was published already.
+    fn publish(&mut self) {
+        let Some(seq) = self.unpublished.take() else {
+            return;
+        };
+        let advanced = self.sender.send_if_modified(|current| {
+            if current.is_some_and(|current| current >= seq) {
+                return false;
+            }
+            *current = Some(seq);
+            true
+        });
+        if advanced {
+            self.metrics.cursor_seq.set(seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn frame(seq: i64, ack: Option<Arc<FrameAck>>) -> FrameDeliveries {
+        FrameDeliveries { seq: Some(seq), did: Some("did:plc:test".to_owned()), received_at_us: 0, ack }
+    }
+
+    /// Waits up to 5 s for `acknowledged` to reach `seq`.
+    async fn wait_for_seq(acknowledged: &mut watch::Receiver<Option<i64>>, seq: i64) {
+        let reached = acknowledged.wait_for(|current| *current >= Some(seq));
+        let reached = tokio::time::timeout(Duration::from_secs(5), reached).await.is_ok_and(|result| result.is_ok());
+        assert!(reached, "seq {seq} not published, last {:?}", *acknowledged.borrow());
+    }
+
+    #[tokio::test]
+    async fn complete_frames_published_before_waiting() {
+        let (tenant, queue) = mpsc::channel(4);
+        let reported = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::new(&["default".to_owned()]).unwrap());
+        let (acknowledged_sender, mut acknowledged) = watch::channel(None);
+        let (fatal, _fatal_receiver) = mpsc::unbounded_channel();
+        let checker = tokio::spawn(check_deliveries(
+            vec![queue],
+            reported.clone(),
+            metrics.clone(),
+            acknowledged_sender,
+            fatal,
+        ));
+
+        let delivered = FrameAck::with_pending(1);
+        delivered.report_delivered(&reported);
+        let waiting = FrameAck::with_pending(2);
+        let batch = vec![frame(10, Some(delivered)), frame(11, None), frame(12, Some(waiting.clone()))];
+        tenant.send(batch).await.unwrap();
+        wait_for_seq(&mut acknowledged, 11).await;
+        assert_eq!(*acknowledged.borrow(), Some(11), "seq 12 still has a pending report");
+
+        waiting.report_delivered(&reported);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*acknowledged.borrow(), Some(11), "seq 12 still has one pending report");
+        waiting.report_delivered(&reported);
+        wait_for_seq(&mut acknowledged, 12).await;
+        assert_eq!(metrics.cursor_seq.get(), 12);
+
+        drop(tenant);
+        let totals = checker.await.unwrap();
+        assert_eq!(totals.acknowledged, 3);
+        assert_eq!(totals.failed, 0);
+    }
+
+    #[tokio::test]
+    async fn seq_never_moves_backwards() {
+        let (tenant, queue) = mpsc::channel(4);
+        let reported = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::new(&["default".to_owned()]).unwrap());
+        let (acknowledged_sender, mut acknowledged) = watch::channel(Some(20));
+        let (fatal, _fatal_receiver) = mpsc::unbounded_channel();
+        let checker = tokio::spawn(check_deliveries(vec![queue], reported, metrics, acknowledged_sender, fatal));
+
+        tenant.send(vec![frame(5, None), frame(21, None)]).await.unwrap();
+        wait_for_seq(&mut acknowledged, 21).await;
+        tenant.send(vec![frame(7, None)]).await.unwrap();
+        drop(tenant);
+        checker.await.unwrap();
+        assert_eq!(*acknowledged.borrow(), Some(21));
+    }
 }

@@ -73,6 +73,36 @@ impl FrameAck {
     pub fn first_failure(&self) -> Option<(String, String)> {
         self.first_failure.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
+
+    /// Records one delivery report, failed when `failure` is the topic and error. Wakes `reported`
+    /// when it was the frame's last pending report.
+    fn record_report(&self, failure: Option<(&str, String)>, reported: &Notify) {
+        if let Some((topic, error)) = failure {
+            self.failed.fetch_add(1, Ordering::AcqRel);
+            let mut first = self.first_failure.lock().unwrap_or_else(PoisonError::into_inner);
+            first.get_or_insert_with(|| (topic.to_owned(), error));
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            reported.notify_one();
+        }
+    }
+}
+
+/// Delivery reports without librdkafka, for tests of what consumes them.
+#[cfg(test)]
+impl FrameAck {
+    /// Returns the reports of a frame with `count` messages sent and none reported yet.
+    pub(crate) fn with_pending(count: usize) -> Arc<Self> {
+        let ack = FrameAck::default();
+        ack.pending.store(count, Ordering::Release);
+        ack.sent.store(count, Ordering::Release);
+        Arc::new(ack)
+    }
+
+    /// Reports one message delivered, as librdkafka's thread does.
+    pub(crate) fn report_delivered(&self, reported: &Notify) {
+        self.record_report(None, reported);
+    }
 }
 
 /// Receives librdkafka's delivery reports, on its polling thread.
@@ -87,14 +117,8 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Arc<FrameAck>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<FrameAck>) {
-        if let Err((error, message)) = result {
-            ack.failed.fetch_add(1, Ordering::AcqRel);
-            let mut first = ack.first_failure.lock().unwrap_or_else(PoisonError::into_inner);
-            first.get_or_insert_with(|| (message.topic().to_owned(), error.to_string()));
-        }
-        if ack.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.reported.notify_one();
-        }
+        let failure = result.as_ref().err().map(|(error, message)| (message.topic(), error.to_string()));
+        ack.record_report(failure, &self.reported);
     }
 }
 
