@@ -126,7 +126,9 @@ impl<'a> Cursor<'a> {
     /// Returns the content of a text string whose header announced `length` bytes.
     pub fn take_text(&mut self, length: usize) -> Result<&'a str, CborError> {
         let at = self.position;
-        std::str::from_utf8(self.take(length)?).map_err(|_| CborError::InvalidUtf8(at))
+        // simdutf8 accepts exactly what `std::str::from_utf8` accepts, with SIMD instructions
+        // where the CPU has them: every text string of a frame and of its records is checked.
+        simdutf8::basic::from_utf8(self.take(length)?).map_err(|_| CborError::InvalidUtf8(at))
     }
 
     fn unexpected(&self, at: usize, expected: &'static str, found: &Header) -> CborError {
@@ -343,6 +345,37 @@ mod tests {
                 (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs, "initial byte {initial:#04x}"),
                 (Err(_), Err(_)) => {}
                 (ours, theirs) => panic!("initial byte {initial:#04x}: {ours:?} against {theirs:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn text_strings_accept_exactly_valid_utf8() {
+        let samples: [&[u8]; 12] = [
+            b"plain ascii",
+            "é, 日本語 and 🦋".as_bytes(),
+            &[0x80],
+            &[0xc0, 0xaf],
+            &[0xe0, 0x80, 0xaf],
+            &[0xed, 0xa0, 0x80],
+            &[0xf4, 0x90, 0x80, 0x80],
+            &[0xf8, 0x88, 0x80, 0x80, 0x80],
+            &[0xe6, 0x97],
+            &[0xf0, 0x9f, 0xa6, 0x8b],
+            &[0xff],
+            &[0xef, 0xbf, 0xbf],
+        ];
+        for sample in samples {
+            // Also deep inside a long string, where the SIMD path reads it.
+            for padding in [0, 7, 64, 200] {
+                let mut content = vec![b'a'; padding];
+                content.extend_from_slice(sample);
+                content.extend_from_slice(b"tail");
+                let mut input = vec![0x79, (content.len() >> 8) as u8, content.len() as u8];
+                input.extend_from_slice(&content);
+                let ours = Cursor::new(&input).text().map(str::to_owned);
+                let expected = std::str::from_utf8(&content).map(str::to_owned).map_err(|_| CborError::InvalidUtf8(3));
+                assert_eq!(ours, expected, "sample {sample:x?} after {padding} bytes");
             }
         }
     }
