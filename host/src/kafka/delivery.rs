@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::producer::FrameAck;
@@ -95,36 +96,33 @@ pub async fn check_deliveries(
         tenants.into_iter().map(|queue| TenantReports { queue, buffered: Default::default() }).collect();
     let mut totals = DeliveryTotals::default();
     let mut stalled = false;
-    let produced_ok = metrics.produced_events.with_label_values(&["ok"]);
-    let produced_failed = metrics.produced_events.with_label_values(&["failed"]);
     let mut reports = Vec::with_capacity(tenants.len());
-    let mut cursor = AcknowledgedSeq { sender: acknowledged, metrics: metrics.clone(), unpublished: None };
+    let mut progress = Progress::new(acknowledged, metrics);
     loop {
         if !next_frame_ready(&tenants) {
-            cursor.publish();
+            progress.publish();
         }
         if !next_frame(&mut tenants, &mut reports).await {
             break;
         }
-        let depth = tenants.iter().map(|tenant| tenant.buffered.len() + tenant.queue.len()).max().unwrap_or(0);
-        metrics.delivery_queue_depth.set(depth as i64);
+        progress.queue_depth = tenants.iter().map(|tenant| tenant.buffered.len() + tenant.queue.len()).max().unwrap_or(0);
         let seq = reports.first().and_then(|report| report.seq);
         let received_at_us = reports.first().map(|report| report.received_at_us).unwrap_or(0);
         let mut had_messages = false;
         for ack in reports.iter().filter_map(|report| report.ack.as_deref()) {
             if !ack.is_reported() {
-                cursor.publish();
+                progress.publish();
                 all_reported(ack, &reported).await;
             }
             let (sent, failed) = ack.counts();
             had_messages |= sent > 0;
             totals.acknowledged += (sent - failed) as u64;
             totals.failed += failed as u64;
-            produced_ok.inc_by((sent - failed) as u64);
-            produced_failed.inc_by(failed as u64);
+            progress.produced_ok.inc_by((sent - failed) as u64);
+            progress.produced_failed.inc_by(failed as u64);
             if failed > 0 && !stalled {
                 stalled = true;
-                cursor.publish();
+                progress.publish();
                 let (topic, error) = ack.first_failure().unwrap_or_default();
                 let did = reports.first().and_then(|report| report.did.clone()).unwrap_or_default();
                 let _ = fatal.send(Fatal::DeliveryFailed { topic, did, seq, error });
@@ -138,34 +136,57 @@ pub async fn check_deliveries(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|elapsed| elapsed.as_micros() as u64)
                 .unwrap_or(0);
-            metrics.delivery_latency_seconds.observe(now_us.saturating_sub(received_at_us) as f64 / 1e6);
+            progress.latency.observe(now_us.saturating_sub(received_at_us) as f64 / 1e6);
         }
         if let Some(seq) = seq {
-            cursor.complete(seq);
+            progress.complete(seq);
         }
     }
-    cursor.publish();
+    progress.publish();
     totals
 }
 
-/// The acknowledged seq, published on a watch channel. Publishing wakes the cursor writer, so
-/// the checker publishes once before each wait rather than for every frame. A seq waits
-/// unpublished only while the checker runs through frames whose reports have all arrived.
-struct AcknowledgedSeq {
+/// The checker's output: the acknowledged seq on a watch channel, and its metrics. Publishing
+/// wakes the cursor writer and touches shared counters, so the checker publishes once before each
+/// wait rather than for every frame. A seq stays unpublished only while the checker runs through
+/// frames whose reports have all arrived, never while it waits.
+struct Progress {
     sender: watch::Sender<Option<i64>>,
     metrics: Arc<Metrics>,
     /// The seq of the last complete frame, when it was not published yet.
     unpublished: Option<i64>,
+    /// Frames whose messages await reports, as of the last frame read.
+    queue_depth: usize,
+    produced_ok: LocalIntCounter,
+    produced_failed: LocalIntCounter,
+    latency: LocalHistogram,
 }
 
-impl AcknowledgedSeq {
+impl Progress {
+    fn new(sender: watch::Sender<Option<i64>>, metrics: Arc<Metrics>) -> Self {
+        Progress {
+            sender,
+            unpublished: None,
+            queue_depth: 0,
+            produced_ok: metrics.produced_events.with_label_values(&["ok"]).local(),
+            produced_failed: metrics.produced_events.with_label_values(&["failed"]).local(),
+            latency: metrics.delivery_latency_seconds.local(),
+            metrics,
+        }
+    }
+
     /// Records that every message up to and including frame `seq` was acknowledged.
     fn complete(&mut self, seq: i64) {
         self.unpublished = Some(seq);
     }
 
-    /// Publishes the last complete seq, unless an equal or later seq was published already.
+    /// Publishes what was counted since the last call, and the last complete seq unless an equal
+    /// or later seq was published already.
     fn publish(&mut self) {
+        self.produced_ok.flush();
+        self.produced_failed.flush();
+        self.latency.flush();
+        self.metrics.delivery_queue_depth.set(self.queue_depth as i64);
         let Some(seq) = self.unpublished.take() else {
             return;
         };
@@ -221,6 +242,8 @@ mod tests {
         tenant.send(batch).await.unwrap();
         wait_for_seq(&mut acknowledged, 11).await;
         assert_eq!(*acknowledged.borrow(), Some(11), "seq 12 still has a pending report");
+        let produced_ok = metrics.produced_events.with_label_values(&["ok"]);
+        assert_eq!(produced_ok.get(), 1, "the acknowledged message of seq 10 is counted");
 
         waiting.report_delivered(&reported);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -228,6 +251,8 @@ mod tests {
         waiting.report_delivered(&reported);
         wait_for_seq(&mut acknowledged, 12).await;
         assert_eq!(metrics.cursor_seq.get(), 12);
+        assert_eq!(produced_ok.get(), 3);
+        assert_eq!(metrics.delivery_latency_seconds.get_sample_count(), 2, "frames 10 and 12 had messages");
 
         drop(tenant);
         let totals = checker.await.unwrap();

@@ -129,40 +129,62 @@ impl TenantWorker {
     ) {
         while let Some(frames) = batches.blocking_recv() {
             self.tenant_metrics.queue_depth.set(batches.len() as i64);
-            let (passes, selected) = self.select(&frames);
-            let mut lookahead = Lookahead::Single { end: 0 };
-            let mut index = 0;
-            let mut position = 0;
-            let mut reports = Vec::with_capacity(frames.len());
-            for batch in &frames {
-                let mut frame = FrameDeliveries {
-                    seq: batch.seq,
-                    did: batch.did.clone(),
-                    received_at_us: batch.received_at_us,
-                    ack: None,
-                };
-                for _ in &batch.events {
-                    let flow = if passes[index] {
-                        position += 1;
-                        self.handle(&selected, position - 1, &mut lookahead, &mut frame)
-                    } else {
-                        self.tenant_metrics.filtered.inc();
-                        Flow::Continue
-                    };
-                    index += 1;
-                    if let Flow::Stop = flow {
-                        // The frames before this one are complete and may still be reported.
-                        let _ = deliveries.blocking_send(reports);
-                        return;
-                    }
-                }
-                reports.push(frame);
-            }
-            spent.give_back(frames);
-            if deliveries.blocking_send(reports).is_err() {
-                return;
+            let handled = self.handle_handoff(&frames, &deliveries);
+            self.flush_metrics();
+            match handled {
+                Flow::Continue => spent.give_back(frames),
+                Flow::Stop => return,
             }
         }
+    }
+
+    /// Handles the frames of one handoff and sends their reports to the delivery checker.
+    /// Returns `Flow::Stop` when the tenant must stop or the checker is gone.
+    fn handle_handoff(&mut self, frames: &[Arc<FrameBatch>], deliveries: &mpsc::Sender<Vec<FrameDeliveries>>) -> Flow {
+        let (passes, selected) = self.select(frames);
+        let mut lookahead = Lookahead::Single { end: 0 };
+        let mut index = 0;
+        let mut position = 0;
+        let mut reports = Vec::with_capacity(frames.len());
+        for batch in frames {
+            let mut frame = FrameDeliveries {
+                seq: batch.seq,
+                did: batch.did.clone(),
+                received_at_us: batch.received_at_us,
+                ack: None,
+            };
+            for _ in &batch.events {
+                let flow = if passes[index] {
+                    position += 1;
+                    self.handle(&selected, position - 1, &mut lookahead, &mut frame)
+                } else {
+                    self.tenant_metrics.filtered.inc();
+                    Flow::Continue
+                };
+                index += 1;
+                if let Flow::Stop = flow {
+                    // The frames before this one are complete and may still be reported.
+                    let _ = deliveries.blocking_send(reports);
+                    return Flow::Stop;
+                }
+            }
+            reports.push(frame);
+        }
+        match deliveries.blocking_send(reports) {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    }
+
+    /// Publishes what this tenant counted during a handoff, and its formatter's state.
+    fn flush_metrics(&self) {
+        let metrics = &self.tenant_metrics;
+        metrics.flush();
+        metrics.quarantined.set(i64::from(self.quarantine.is_quarantined()));
+        metrics.memory_bytes.set(self.formatter.peak_memory_bytes() as i64);
+        metrics.recycles.set(self.formatter.recycles() as i64);
+        metrics.deadline_retries.set(self.formatter.deadline_retries() as i64);
+        metrics.batch_fallbacks.set(self.formatter.batch_fallbacks() as i64);
     }
 
     /// Applies the filter to every event of a handoff. Returns whether each event passes, in
@@ -199,14 +221,8 @@ impl TenantWorker {
         if !self.quarantine.allows_call(now) {
             return self.fail(event, frame, "quarantined", "the tenant is quarantined after repeated failures");
         }
-        self.tenant_metrics.quarantined.set(0);
         let (result, seconds) = self.format_at(selected, position, lookahead);
-        let metrics = &self.tenant_metrics;
-        metrics.call_seconds.observe(seconds);
-        metrics.memory_bytes.set(self.formatter.peak_memory_bytes() as i64);
-        metrics.recycles.set(self.formatter.recycles() as i64);
-        metrics.deadline_retries.set(self.formatter.deadline_retries() as i64);
-        metrics.batch_fallbacks.set(self.formatter.batch_fallbacks() as i64);
+        self.tenant_metrics.call_seconds.observe(seconds);
 
         match result {
             Ok(messages) => {
@@ -295,7 +311,6 @@ impl TenantWorker {
         let tenant = self.name.clone();
         self.metrics.formatter_errors.with_label_values(&[&tenant, kind]).inc();
         if kind != "quarantined" && self.quarantine.record_failure(Instant::now()) {
-            self.tenant_metrics.quarantined.set(1);
             tracing::error!(tenant, %error, "tenant quarantined after repeated formatter failures");
         }
         if let Some(suppressed) = self.failure_log.allow() {
