@@ -107,10 +107,27 @@ impl EventView<'_> {
     }
 }
 
-/// Appends `value` as a JSON string literal.
+/// Appends `value` as a JSON string literal, escaped exactly as serde_json escapes it.
 pub fn write_json_string(out: &mut Vec<u8>, value: &str) {
-    // Writing a `str` into a `Vec` cannot fail.
-    serde_json::to_writer(&mut *out, value).expect("a str serializes to JSON");
+    out.push(b'"');
+    write_json_string_contents(out, value);
+    out.push(b'"');
+}
+
+/// Appends `value` escaped for the inside of a JSON string literal. Escaping works character by
+/// character, so the contents of a concatenation are the concatenated contents of its parts.
+pub fn write_json_string_contents(out: &mut Vec<u8>, value: &str) {
+    // serde_json escapes only `"`, `\` and control characters below U+0020. Most strings contain
+    // none of them and are copied whole. The scan has no early exit, so that the compiler
+    // vectorizes it.
+    let needs_escape = value.bytes().fold(false, |found, byte| found | (byte < 0x20) | (byte == b'"') | (byte == b'\\'));
+    if !needs_escape {
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    // serde_json fails only for maps with non-string keys and failing writers, never for a `str`.
+    let literal = serde_json::to_string(value).expect("a str serializes to JSON");
+    out.extend_from_slice(&literal.as_bytes()[1..literal.len() - 1]);
 }
 
 fn write_optional_string(out: &mut Vec<u8>, value: Option<&str>) {
@@ -118,6 +135,13 @@ fn write_optional_string(out: &mut Vec<u8>, value: Option<&str>) {
         Some(value) => write_json_string(out, value),
         None => out.extend_from_slice(b"null"),
     }
+}
+
+/// Appends `collection/rkey` escaped for the inside of a JSON string literal.
+fn write_path_contents(out: &mut Vec<u8>, collection: &str, rkey: &str) {
+    write_json_string_contents(out, collection);
+    out.push(b'/');
+    write_json_string_contents(out, rkey);
 }
 
 fn write_did_and_timestamp(out: &mut Vec<u8>, did: &str, time: &str) {
@@ -146,12 +170,15 @@ pub fn write_standard(out: &mut Vec<u8>, event: &EventView<'_>) {
             write_json_string(out, collection);
             out.extend_from_slice(b",\"rkey\":");
             write_json_string(out, rkey);
-            out.extend_from_slice(b",\"uri\":");
-            write_json_string(out, &format!("at://{did}/{collection}/{rkey}"));
-            out.extend_from_slice(b",\"cid\":");
+            out.extend_from_slice(b",\"uri\":\"at://");
+            write_json_string_contents(out, did);
+            out.push(b'/');
+            write_path_contents(out, collection, rkey);
+            out.extend_from_slice(b"\",\"cid\":");
             write_optional_string(out, cid);
-            out.extend_from_slice(b",\"path\":");
-            write_json_string(out, &format!("{collection}/{rkey}"));
+            out.extend_from_slice(b",\"path\":\"");
+            write_path_contents(out, collection, rkey);
+            out.push(b'"');
             out.extend_from_slice(b",\"record\":");
             match record {
                 Some(record) => out.extend_from_slice(record.as_bytes()),
@@ -222,6 +249,45 @@ mod tests {
         assert_eq!(value["operation"]["path"], "app.bsky.feed.post/3k");
         assert_eq!(value["operation"]["cid"], "bafyrei");
         assert_eq!(value["operation"]["record"]["text"], "a \"quote\"");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut cases: Vec<String> = (0u32..0x250).filter_map(char::from_u32).map(|c| format!("a{c}b")).collect();
+        cases.extend(["", "plain text", "\u{2028}\u{7f}", "quote \" and \\ backslash", "tab\tnew\nline", "é🦋"].map(String::from));
+        cases.push("x".repeat(100) + "\u{1}");
+        for case in cases {
+            let mut out = Vec::new();
+            write_json_string(&mut out, &case);
+            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&case).unwrap(), "for {case:?}");
+        }
+    }
+
+    #[test]
+    fn uri_and_path_escape_every_part() {
+        let (did, collection, rkey) = ("did:web:a\"b", "app.\u{1}post", "k\\ey");
+        let mut out = Vec::new();
+        write_standard(
+            &mut out,
+            &EventView::Operation {
+                did,
+                seq: 7,
+                rev: "3l",
+                time: "t",
+                action: Action::Delete,
+                collection,
+                rkey,
+                cid: None,
+                record: None,
+            },
+        );
+        let out = String::from_utf8(out).unwrap();
+        let uri = serde_json::to_string(&format!("at://{did}/{collection}/{rkey}")).unwrap();
+        let path = serde_json::to_string(&format!("{collection}/{rkey}")).unwrap();
+        assert!(out.contains(&format!("\"uri\":{uri},")), "{out}");
+        assert!(out.contains(&format!("\"path\":{path},")), "{out}");
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["operation"]["rkey"], rkey);
     }
 
     #[test]

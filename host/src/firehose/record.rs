@@ -59,8 +59,7 @@ pub fn record_to_json(block: &[u8]) -> Result<String, RecordError> {
     // base64), so one allocation is usually enough.
     let mut out = Vec::with_capacity(block.len() * 2);
     write_record(block, &mut out)?;
-    // Every string written came from a CBOR text string checked to be UTF-8, and serde_json
-    // escapes it; the rest is ASCII.
+    // Every string written came from a CBOR text string checked to be UTF-8. The rest is ASCII.
     String::from_utf8(out).map_err(|error| RecordError::Undecodable(error.to_string()))
 }
 
@@ -97,7 +96,7 @@ fn write_record(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             let Header::Text(Some(length)) = header else {
                 return Err(not_data_model("a map key is not a string"));
             };
-            write_string(out, cursor.take_text(length)?);
+            atkafka_shape::write_json_string(out, cursor.take_text(length)?);
             continue;
         }
         let opened = match header {
@@ -130,7 +129,7 @@ fn write_record(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
             Header::Simple(ciborium_ll::simple::UNDEFINED) => return Err(not_data_model("`undefined` is not allowed")),
             Header::Simple(other) => return Err(not_data_model(format!("simple value {other} is not allowed"))),
             Header::Text(Some(length)) => {
-                write_string(out, cursor.take_text(length)?);
+                atkafka_shape::write_json_string(out, cursor.take_text(length)?);
                 None
             }
             Header::Bytes(Some(length)) => {
@@ -182,23 +181,6 @@ fn write_record(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
     Ok(())
 }
 
-/// Writes `value` as a JSON string, escaped as serde_json escapes it.
-fn write_string(out: &mut Vec<u8>, value: &str) {
-    // serde_json escapes only `"`, `\` and control characters below U+0020, one byte at a time.
-    // Most strings hold none of them and are copied whole. The scan has no early exit, so the
-    // compiler vectorizes it.
-    let needs_escape = value.bytes().fold(false, |found, byte| found | (byte < 0x20) | (byte == b'"') | (byte == b'\\'));
-    if !needs_escape {
-        out.reserve(value.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
-        return;
-    }
-    // serde_json fails only when its writer fails, and writing into a `Vec` does not.
-    serde_json::to_writer(&mut *out, value).expect("a str serializes to JSON");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,18 +227,6 @@ mod tests {
         }
         bytes.push(0x01);
         assert!(record_to_json(&bytes).is_err());
-    }
-
-    #[test]
-    fn strings_are_escaped_as_serde_json_escapes_them() {
-        let mut cases: Vec<String> = (0u32..0x250).filter_map(char::from_u32).map(|c| format!("a{c}b")).collect();
-        cases.extend(["", "plain text", "\u{2028}\u{7f}", "quote \" and \\ backslash", "tab\tnew\nline", "é🦋"].map(String::from));
-        cases.push("x".repeat(100) + "\u{1}");
-        for case in cases {
-            let mut out = Vec::new();
-            write_string(&mut out, &case);
-            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&case).unwrap(), "for {case:?}");
-        }
     }
 
     #[test]
