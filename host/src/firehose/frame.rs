@@ -103,9 +103,13 @@ fn read_map<'a>(
     cursor.announced(entries, 2)?;
     // A frame's maps have about a dozen keys, so the keys seen usually stay on the stack.
     let mut seen: SmallVec<[&str; 16]> = SmallVec::with_capacity(entries);
+    // DAG-CBOR sorts map keys by length, then byte by byte, so while each key sorts after the one
+    // before, no key can repeat. Only once a map is out of that order are the keys seen searched.
+    let mut in_order = true;
     for _ in 0..entries {
         let key = cursor.text()?;
-        if seen.contains(&key) {
+        in_order = in_order && seen.last().is_none_or(|previous| sorts_before(previous, key));
+        if !in_order && seen.contains(&key) {
             return Err(BodyError(format!("field `{key}` appears twice")));
         }
         seen.push(key);
@@ -114,6 +118,11 @@ fn read_map<'a>(
         }
     }
     Ok(())
+}
+
+/// Returns whether `first` sorts strictly before `second` in DAG-CBOR's order of map keys.
+fn sorts_before(first: &str, second: &str) -> bool {
+    (first.len(), first.as_bytes()) < (second.len(), second.as_bytes())
 }
 
 /// Reads an optional text field: absent or `null` is `None`.
@@ -422,6 +431,35 @@ mod tests {
         for cut in 1..bytes.len() {
             assert!(decode_frame(&bytes[..cut]).is_err(), "a frame cut at {cut} bytes decoded");
         }
+    }
+
+    #[test]
+    fn repeated_keys_are_rejected_in_any_order() {
+        let header = map(vec![("op", 1.into()), ("t", "#identity".into())]);
+        let bodies = [
+            // In DAG-CBOR order, the repeat right after the first.
+            vec![("did", "did:plc:a".into()), ("seq", 5.into()), ("seq", 6.into()), ("time", "t".into())],
+            // Out of order, the repeat far from the first.
+            vec![("time", "t".into()), ("did", "did:plc:a".into()), ("seq", 5.into()), ("time", "u".into())],
+            // In order until the repeat, which sorts before the key it follows.
+            vec![("did", "did:plc:a".into()), ("seq", 5.into()), ("time", "t".into()), ("did", "did:plc:b".into())],
+        ];
+        for body in bodies {
+            let bytes = encode(&[header.clone(), map(body.clone())]);
+            let error = decode_frame(&bytes).expect_err("a repeated key decoded");
+            assert!(error.to_string().contains("appears twice"), "{error} for {body:?}");
+        }
+    }
+
+    #[test]
+    fn keys_out_of_dag_cbor_order_are_accepted() {
+        let header = map(vec![("op", 1.into()), ("t", "#identity".into())]);
+        let body = map(vec![("time", "t".into()), ("seq", 5.into()), ("did", "did:plc:a".into())]);
+        let bytes = encode(&[header, body]);
+        let Frame::Identity(identity) = decode_frame(&bytes).unwrap() else {
+            panic!("expected an identity frame");
+        };
+        assert_eq!((identity.seq, identity.did, identity.time), (5, "did:plc:a", "t"));
     }
 
     #[test]
