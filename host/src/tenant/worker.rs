@@ -129,24 +129,28 @@ impl TenantWorker {
     ) {
         while let Some(frames) = batches.blocking_recv() {
             self.tenant_metrics.queue_depth.set(batches.len() as i64);
-            let handled = self.handle_handoff(&frames, &deliveries);
+            let handled = self.handle_handoff(frames, &deliveries, &spent);
             self.flush_metrics();
-            match handled {
-                Flow::Continue => spent.give_back(frames),
-                Flow::Stop => return,
+            if let Flow::Stop = handled {
+                return;
             }
         }
     }
 
-    /// Handles the frames of one handoff and sends their reports to the delivery checker.
-    /// Returns `Flow::Stop` when the tenant must stop or the checker is gone.
-    fn handle_handoff(&mut self, frames: &[Arc<FrameBatch>], deliveries: &mpsc::Sender<Vec<FrameDeliveries>>) -> Flow {
-        let (passes, selected) = self.select(frames);
+    /// Handles the frames of one handoff, gives them back to be freed, and sends their reports to
+    /// the delivery checker. Returns `Flow::Stop` when the tenant must stop or the checker is gone.
+    fn handle_handoff(
+        &mut self,
+        frames: Vec<Arc<FrameBatch>>,
+        deliveries: &mpsc::Sender<Vec<FrameDeliveries>>,
+        spent: &SpentFrames,
+    ) -> Flow {
+        let (passes, selected) = self.select(&frames);
         let mut lookahead = Lookahead::Single { end: 0 };
         let mut index = 0;
         let mut position = 0;
         let mut reports = Vec::with_capacity(frames.len());
-        for batch in frames {
+        for batch in &frames {
             let mut frame = FrameDeliveries {
                 seq: batch.seq,
                 did: batch.did.clone(),
@@ -170,6 +174,7 @@ impl TenantWorker {
             }
             reports.push(frame);
         }
+        spent.give_back(frames);
         match deliveries.blocking_send(reports) {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop,
