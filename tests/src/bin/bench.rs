@@ -41,7 +41,7 @@ use tokio::io::AsyncWriteExt;
 const FIRST_SEQ: i64 = 1 << 33;
 const POOL_FRAMES: usize = 20_000;
 /// Passes over the pool in one timed run of step 1, and over its events in step 2, so that each
-/// timing spans at least about 100 ms: one pass of the native formatter took 5 ms and its rate
+/// timing spans about 100 ms or more. One pass of the native formatter took 5 ms, and its rate
 /// varied threefold between runs.
 const DECODE_PASSES: usize = 3;
 const FORMAT_PASSES: usize = 20;
