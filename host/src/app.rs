@@ -267,8 +267,9 @@ async fn connect_kafka(settings: &Settings) -> anyhow::Result<Arc<Producer>> {
     let servers = settings.bootstrap_servers.as_str();
     tracing::info!(bootstrap_servers = servers, "connecting to Kafka");
     let config = client_config(servers, &settings.kafka_properties);
-    for topic in tenant_topics(&settings.tenants) {
-        let create = kafka::topic::ensure_topic(&config, &topic, settings.topic_partitions, settings.topic_replication_factor);
+    let topics = tenant_topics(&settings.tenants);
+    for topic in &topics {
+        let create = kafka::topic::ensure_topic(&config, topic, settings.topic_partitions, settings.topic_replication_factor);
         tokio::pin!(create);
         let started = tokio::time::Instant::now();
         loop {
@@ -285,7 +286,6 @@ async fn connect_kafka(settings: &Settings) -> anyhow::Result<Arc<Producer>> {
         }
     }
     let producer = Arc::new(Producer::new(&config)?);
-    let topics = tenant_topics(&settings.tenants);
     let warm = producer.clone();
     tokio::task::spawn_blocking(move || {
         for topic in topics {
