@@ -322,8 +322,8 @@ impl Metrics {
 
 /// One tenant's series of the per-tenant metrics above.
 /// One tenant's series. The counters and the histogram count on the tenant's thread alone and
-/// reach the shared series at [`TenantMetrics::flush`], once per handoff, so that an event costs
-/// no atomic operation on a shared cache line.
+/// reach the shared series at [`TenantMetrics::flush`], once per handoff, so that counting an event
+/// writes no cache line that other threads read.
 pub struct TenantMetrics {
     pub events: LocalIntCounter,
     pub filtered: LocalIntCounter,

@@ -125,7 +125,8 @@ pub fn write_json_string_contents(out: &mut Vec<u8>, value: &str) {
         out.extend_from_slice(value.as_bytes());
         return;
     }
-    // serde_json fails only for maps with non-string keys and failing writers, never for a `str`.
+    // `serde_json::to_string` fails only when a `Serialize` impl fails or a map has non-string
+    // keys, and a `str` has neither.
     let literal = serde_json::to_string(value).expect("a str serializes to JSON");
     out.extend_from_slice(&literal.as_bytes()[1..literal.len() - 1]);
 }

@@ -126,8 +126,8 @@ impl<'a> Cursor<'a> {
     /// Returns the content of a text string whose header announced `length` bytes.
     pub fn take_text(&mut self, length: usize) -> Result<&'a str, CborError> {
         let at = self.position;
-        // simdutf8 accepts exactly what `std::str::from_utf8` accepts, with SIMD instructions
-        // where the CPU has them: every text string of a frame and of its records is checked.
+        // Every text string of a frame and of its records is checked here. simdutf8 accepts exactly
+        // what `std::str::from_utf8` accepts, and uses SIMD instructions where the CPU has them.
         simdutf8::basic::from_utf8(self.take(length)?).map_err(|_| CborError::InvalidUtf8(at))
     }
 

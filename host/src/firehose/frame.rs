@@ -104,7 +104,8 @@ fn read_map<'a>(
     // A frame's maps have about a dozen keys, so the keys seen usually stay on the stack.
     let mut seen: SmallVec<[&str; 16]> = SmallVec::with_capacity(entries);
     // DAG-CBOR sorts map keys by length, then byte by byte, so while each key sorts after the one
-    // before, no key can repeat. Only once a map is out of that order are the keys seen searched.
+    // before, no key can repeat. Once a key breaks that order, it and every later key are looked
+    // up among the keys seen.
     let mut in_order = true;
     for _ in 0..entries {
         let key = cursor.text()?;
