@@ -8,7 +8,7 @@ use std::time::Duration;
 use atkafka_host::firehose::decode::decode;
 use atkafka_host::firehose::event::{Action, Event};
 use atkafka_host::formatter::{
-    default_cache_dir, BatchEvent, FormatError, Formatter, FormatterEngine, FormatterLimits, FormatterSource, Message,
+    default_cache_dir, BatchEvent, FormatError, Formatter, FormatterEngine, FormatterLimits, FormatterSource, Messages,
     MAX_BATCH_EVENTS,
 };
 use atkafka_integration_tests::fixture_or_skip;
@@ -46,18 +46,18 @@ fn hostile(behavior: &str, limits: FormatterLimits) -> Formatter {
 }
 
 /// Formats every event with `format`, one call each.
-fn format_singly(formatter: &mut Formatter, events: &[BatchEvent<'_>]) -> Vec<Result<Vec<Message>, FormatError>> {
+fn format_singly(formatter: &mut Formatter, events: &[BatchEvent<'_>]) -> Vec<Result<Messages, FormatError>> {
     events.iter().map(|event| formatter.format(event.event, event.event_id, event.received_at_us)).collect()
 }
 
 /// Formats the events in batches of at most [`MAX_BATCH_EVENTS`], as a tenant does with a full
 /// handoff.
-fn format_in_batches(formatter: &mut Formatter, events: &[BatchEvent<'_>]) -> Vec<Result<Vec<Message>, FormatError>> {
+fn format_in_batches(formatter: &mut Formatter, events: &[BatchEvent<'_>]) -> Vec<Result<Messages, FormatError>> {
     events.chunks(MAX_BATCH_EVENTS).flat_map(|chunk| formatter.format_batch(chunk)).collect()
 }
 
 /// Returns the message values, with the value of a failed event replaced by its error kind.
-fn outcomes(results: &[Result<Vec<Message>, FormatError>], normalize: Normalize) -> Vec<Result<Vec<Value>, &'static str>> {
+fn outcomes(results: &[Result<Messages, FormatError>], normalize: Normalize) -> Vec<Result<Vec<Value>, &'static str>> {
     results
         .iter()
         .map(|result| match result {

@@ -114,7 +114,8 @@ impl Guest for Hostile {
 
 impl PackedGuest for Hostile {
     fn format_packed(events: Vec<u8>) -> Vec<u8> {
-        let mut results = guest::format_each::<Hostile>(&events);
+        // SAFETY: `events` is the host's argument to `format-packed`.
+        let mut results = unsafe { guest::format_each::<Hostile>(&events) };
         let behavior = BEHAVIOR.lock().unwrap().clone();
         if behavior == "short-batch" {
             results.pop();

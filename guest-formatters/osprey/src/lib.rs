@@ -28,9 +28,12 @@ impl Guest for Osprey {
 
 impl PackedGuest for Osprey {
     fn format_packed(events: Vec<u8>) -> Vec<u8> {
-        guest::format_packed_one_each(&events, |value, event| {
-            write_envelope(value, &event.event, event.event_id, event.received_at_us)
-        })
+        // SAFETY: `events` is the host's argument to `format-packed`.
+        unsafe {
+            guest::format_packed_one_each(&events, |value, event| {
+                write_envelope(value, &event.event, event.event_id, event.received_at_us)
+            })
+        }
     }
 }
 

@@ -19,8 +19,14 @@ pub use exports::atkafka::formatter::packed::Guest as PackedGuest;
 
 /// Reads the events of a `format-packed` call. A buffer that does not follow the layout traps,
 /// which the host handles like any failed batch call.
-pub fn read_packed(events: &[u8]) -> Vec<PackedEvent<'_>> {
-    packed::read_events(events).unwrap_or_else(|error| panic!("format-packed: {error}"))
+///
+/// # Safety
+///
+/// `events` must be the argument the host passed to `format-packed`, whose strings the host
+/// guarantees to be UTF-8 (see [`packed::read_host_events`]).
+pub unsafe fn read_packed(events: &[u8]) -> Vec<PackedEvent<'_>> {
+    // SAFETY: the caller passes the host's argument.
+    unsafe { packed::read_host_events(events) }.unwrap_or_else(|error| panic!("format-packed: {error}"))
 }
 
 /// Returns a result writer with room for the results of `events`: about their own size plus a
@@ -31,8 +37,13 @@ pub fn result_writer(events: &[u8], count: usize) -> ResultWriter {
 
 /// Formats each event of a `format-packed` call into one message, keyed by the host's default,
 /// whose value `write` appends to the buffer it is given.
-pub fn format_packed_one_each(events: &[u8], write: impl Fn(&mut Vec<u8>, &PackedEvent<'_>)) -> Vec<u8> {
-    let packed = read_packed(events);
+///
+/// # Safety
+///
+/// As for [`read_packed`]: `events` must be the host's argument to `format-packed`.
+pub unsafe fn format_packed_one_each(events: &[u8], write: impl Fn(&mut Vec<u8>, &PackedEvent<'_>)) -> Vec<u8> {
+    // SAFETY: the caller passes the host's argument.
+    let packed = unsafe { read_packed(events) };
     let mut results = result_writer(events, packed.len());
     for event in &packed {
         results.messages(1);
@@ -43,8 +54,13 @@ pub fn format_packed_one_each(events: &[u8], write: impl Fn(&mut Vec<u8>, &Packe
 
 /// Formats each event of a packed batch with `G::format`, in order, for guests that work on the
 /// typed events: `format-packed` with the same results as `format`.
-pub fn format_each<G: Guest>(events: &[u8]) -> Vec<Result<Vec<Message>, String>> {
-    read_packed(events)
+///
+/// # Safety
+///
+/// As for [`read_packed`]: `events` must be the host's argument to `format-packed`.
+pub unsafe fn format_each<G: Guest>(events: &[u8]) -> Vec<Result<Vec<Message>, String>> {
+    // SAFETY: the caller passes the host's argument.
+    unsafe { read_packed(events) }
         .iter()
         .map(|packed| {
             let context = Context { event_id: packed.event_id, received_at_us: packed.received_at_us };

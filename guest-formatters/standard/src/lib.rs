@@ -19,7 +19,8 @@ impl Guest for Standard {
 
 impl PackedGuest for Standard {
     fn format_packed(events: Vec<u8>) -> Vec<u8> {
-        guest::format_packed_one_each(&events, |value, event| atkafka_shape::write_standard(value, &event.event))
+        // SAFETY: `events` is the host's argument to `format-packed`.
+        unsafe { guest::format_packed_one_each(&events, |value, event| atkafka_shape::write_standard(value, &event.event)) }
     }
 }
 

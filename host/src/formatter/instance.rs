@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use smallvec::SmallVec;
 use wasmtime::component::Component;
 use wasmtime::Store;
 
@@ -71,6 +72,10 @@ pub struct Message {
     pub headers: Vec<(String, Vec<u8>)>,
     pub topic: Option<String>,
 }
+
+/// The messages a formatter returned for one event. Most formatters return one message an event,
+/// which this keeps without an allocation of its own.
+pub type Messages = SmallVec<[Message; 1]>;
 
 /// The reason a formatter produced nothing for an event.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +240,7 @@ impl Formatter {
     /// Formats one event. On any failure the instance is dropped and rebuilt on the next call. A
     /// call that runs past its deadline is tried once more on a fresh instance, so that a pause
     /// of the guest's own (a garbage collection, say) is distinguished from a runaway guest.
-    pub fn format(&mut self, event: &Event, event_id: u64, received_at_us: u64) -> Result<Vec<Message>, FormatError> {
+    pub fn format(&mut self, event: &Event, event_id: u64, received_at_us: u64) -> Result<Messages, FormatError> {
         let wit_event = to_wit(event);
         let context = wit::Context { event_id, received_at_us };
         match self.call_once(wit_event.clone(), context) {
@@ -247,7 +252,7 @@ impl Formatter {
         }
     }
 
-    fn call_once(&mut self, event: wit::Event<'_>, context: wit::Context) -> Result<Vec<Message>, FormatError> {
+    fn call_once(&mut self, event: wit::Event<'_>, context: wit::Context) -> Result<Messages, FormatError> {
         // Single calls are timed only to let a reduced batch size grow again.
         let started = self.batch_sizer.as_ref().filter(|sizer| sizer.is_reduced()).map(|_| Instant::now());
         let live = self.prepare_call()?;

@@ -49,4 +49,4 @@ mod output;
 pub use batch::{BatchEvent, MAX_BATCH_EVENTS};
 pub use builtin::FormatterSource;
 pub use engine::{default_cache_dir, FormatterEngine};
-pub use instance::{FormatError, Formatter, FormatterLimits, Message};
+pub use instance::{FormatError, Formatter, FormatterLimits, Message, Messages};

@@ -23,7 +23,7 @@ use super::filter::Filter;
 use super::policy::{ErrorPolicy, Quarantine};
 use crate::fatal::{Fatal, FatalSender};
 use crate::firehose::event::Event;
-use crate::formatter::{BatchEvent, FormatError, Formatter, Message};
+use crate::formatter::{BatchEvent, FormatError, Formatter, Message, Messages};
 use crate::kafka::delivery::FrameDeliveries;
 use crate::kafka::producer::Producer;
 use crate::metrics::{Metrics, TenantMetrics};
@@ -69,7 +69,7 @@ enum Lookahead {
     /// once.
     Batch {
         start: usize,
-        results: Vec<Option<Result<Vec<Message>, FormatError>>>,
+        results: Vec<Option<Result<Messages, FormatError>>>,
         /// The call's duration divided by its events, in seconds.
         seconds_per_event: f64,
     },
@@ -255,7 +255,7 @@ impl TenantWorker {
         selected: &[BatchEvent<'_>],
         position: usize,
         lookahead: &mut Lookahead,
-    ) -> (Result<Vec<Message>, FormatError>, f64) {
+    ) -> (Result<Messages, FormatError>, f64) {
         if !lookahead.covers(position) {
             *lookahead = self.format_ahead(selected, position);
         }
