@@ -6,6 +6,7 @@
 //! is escaped by `serde_json`.
 
 use std::io::Write;
+use std::ops::Range;
 
 pub mod arena;
 #[cfg(feature = "guest")]
@@ -138,18 +139,25 @@ fn write_optional_string(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-/// Appends `collection/rkey` escaped for the inside of a JSON string literal.
-fn write_path_contents(out: &mut Vec<u8>, collection: &str, rkey: &str) {
-    write_json_string_contents(out, collection);
-    out.push(b'/');
-    write_json_string_contents(out, rkey);
+/// Appends `value` as a JSON string literal and returns where its escaped contents are in `out`.
+/// A value that appears again inside another string is then copied from there, not escaped again.
+fn write_json_string_kept(out: &mut Vec<u8>, value: &str) -> Range<usize> {
+    out.push(b'"');
+    let start = out.len();
+    write_json_string_contents(out, value);
+    let contents = start..out.len();
+    out.push(b'"');
+    contents
 }
 
-fn write_did_and_timestamp(out: &mut Vec<u8>, did: &str, time: &str) {
+/// Appends the opening `{"did":…,"timestamp":…` of a message and returns where the DID's escaped
+/// contents are in `out`.
+fn write_did_and_timestamp(out: &mut Vec<u8>, did: &str, time: &str) -> Range<usize> {
     out.extend_from_slice(b"{\"did\":");
-    write_json_string(out, did);
+    let did = write_json_string_kept(out, did);
     out.extend_from_slice(b",\"timestamp\":");
     write_json_string(out, time);
+    did
 }
 
 /// Appends the standard JSON message of `event`:
@@ -164,21 +172,28 @@ fn write_did_and_timestamp(out: &mut Vec<u8>, did: &str, time: &str) {
 pub fn write_standard(out: &mut Vec<u8>, event: &EventView<'_>) {
     match *event {
         EventView::Operation { did, time, action, collection, rkey, cid, record, .. } => {
-            write_did_and_timestamp(out, did, time);
+            // The uri and the path repeat the DID, the collection and the rkey. Escaping works
+            // character by character, so their escaped contents are copied from where they were
+            // first written.
+            let did = write_did_and_timestamp(out, did, time);
             out.extend_from_slice(b",\"operation\":{\"action\":\"");
             out.extend_from_slice(action.as_str().as_bytes());
             out.extend_from_slice(b"\",\"collection\":");
-            write_json_string(out, collection);
+            let collection = write_json_string_kept(out, collection);
             out.extend_from_slice(b",\"rkey\":");
-            write_json_string(out, rkey);
+            let rkey = write_json_string_kept(out, rkey);
             out.extend_from_slice(b",\"uri\":\"at://");
-            write_json_string_contents(out, did);
+            out.extend_from_within(did);
             out.push(b'/');
-            write_path_contents(out, collection, rkey);
+            let path_start = out.len();
+            out.extend_from_within(collection);
+            out.push(b'/');
+            out.extend_from_within(rkey);
+            let path = path_start..out.len();
             out.extend_from_slice(b"\",\"cid\":");
             write_optional_string(out, cid);
             out.extend_from_slice(b",\"path\":\"");
-            write_path_contents(out, collection, rkey);
+            out.extend_from_within(path);
             out.push(b'"');
             out.extend_from_slice(b",\"record\":");
             match record {
