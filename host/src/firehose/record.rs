@@ -59,8 +59,14 @@ pub fn record_to_json(block: &[u8]) -> Result<String, RecordError> {
     // base64), so one allocation is usually enough.
     let mut out = Vec::with_capacity(block.len() * 2);
     write_record(block, &mut out)?;
-    // Every string written came from a CBOR text string checked to be UTF-8. The rest is ASCII.
-    String::from_utf8(out).map_err(|error| RecordError::Undecodable(error.to_string()))
+    // Every string written came from a CBOR text string checked to be UTF-8, and the rest is
+    // ASCII. The whole is checked again all the same, with simdutf8: std's check took about 7 % of
+    // decoding time.
+    match simdutf8::basic::from_utf8(&out) {
+        // SAFETY: simdutf8 has just checked that `out` is UTF-8.
+        Ok(_) => Ok(unsafe { String::from_utf8_unchecked(out) }),
+        Err(_) => Err(RecordError::Undecodable("the record's JSON is not UTF-8".to_owned())),
+    }
 }
 
 fn write_record(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
