@@ -123,7 +123,12 @@ fn read_map<'a>(
 
 /// Returns whether `first` sorts strictly before `second` in DAG-CBOR's order of map keys.
 fn sorts_before(first: &str, second: &str) -> bool {
-    (first.len(), first.as_bytes()) < (second.len(), second.as_bytes())
+    // A byte loop, not a slice comparison: keys of equal length are a few bytes long, and the
+    // call to `memcmp` that a slice comparison makes took about 3 % of decoding time.
+    match first.len().cmp(&second.len()) {
+        std::cmp::Ordering::Equal => first.bytes().lt(second.bytes()),
+        order => order.is_lt(),
+    }
 }
 
 /// Reads an optional text field: absent or `null` is `None`.
