@@ -39,6 +39,10 @@ use atkafka_integration_tests::host::{http_get, metric_value, HostProcess};
 use atkafka_integration_tests::synthetic::{patch_seq, realistic_commit, seq_offset, SplitMix};
 use tokio::io::AsyncWriteExt;
 
+/// The host's allocator, so that steps 1 and 2 allocate as the host does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const FIRST_SEQ: i64 = 1 << 33;
 const POOL_FRAMES: usize = 20_000;
 /// Passes over the pool in one timed run of step 1, and over its events in step 2, so that each
