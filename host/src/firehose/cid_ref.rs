@@ -106,6 +106,21 @@ impl<'a> CidRef<'a> {
     }
 }
 
+impl CidRef<'_> {
+    /// Returns the CID's string form, as [`CidRef::write_to`] writes it. Each record operation's
+    /// CID goes through here, and `to_string` through `Display` took about 3 % of decoding time,
+    /// mostly to check the base32 text for UTF-8.
+    pub fn to_cid_string(&self) -> String {
+        if self.is_v0() {
+            return self.to_string();
+        }
+        let mut text = String::with_capacity(1 + BASE32_LOWER.encode_len(self.bytes.len()));
+        text.push('b');
+        BASE32_LOWER.encode_append(self.bytes, &mut text);
+        text
+    }
+}
+
 impl fmt::Display for CidRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_v0() {
@@ -149,6 +164,7 @@ mod tests {
             (Ok((ours, rest)), Ok(theirs)) => {
                 assert_eq!(rest.len(), theirs_input.len(), "bytes left after {input:02x?}");
                 assert_eq!(ours.to_string(), theirs.to_string(), "string of {input:02x?}");
+                assert_eq!(ours.to_cid_string(), theirs.to_string(), "owned string of {input:02x?}");
                 let mut written = b"prefix ".to_vec();
                 ours.write_to(&mut written);
                 assert_eq!(written, format!("prefix {theirs}").into_bytes());

@@ -81,7 +81,7 @@ pub fn split_commit(commit: &CommitFrame) -> SplitCommit {
                 continue;
             };
             match record_json(&cid, blocks) {
-                Ok(json) => (Some(cid.to_string()), Some(json)),
+                Ok(json) => (Some(cid.to_cid_string()), Some(json)),
                 Err((reason, detail)) => {
                     let reason = if reason == SkipReason::BlockMissing && commit.too_big {
                         SkipReason::CommitTooBig
