@@ -108,8 +108,7 @@ impl<'a> CidRef<'a> {
 
 impl CidRef<'_> {
     /// Returns the CID's string form, as [`CidRef::write_to`] writes it. Each record operation's
-    /// CID goes through here, and `to_string` through `Display` took about 3 % of decoding time,
-    /// mostly to check the base32 text for UTF-8.
+    /// CID goes through here, which spares it the formatter and the UTF-8 check of `to_string`.
     pub fn to_cid_string(&self) -> String {
         if self.is_v0() {
             return self.to_string();
