@@ -16,8 +16,11 @@ use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use tokio::sync::Notify;
 
-/// How long the sender sleeps when librdkafka's local queue is full before trying again.
-const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+/// How long the sender sleeps when librdkafka's local queue is full before trying again. At full
+/// speed the 2 MiB queue holds about 12 ms of messages, and a 5 ms sleep let it run low: in
+/// alternating end-to-end runs, 1 ms instead of 5 ms raised the rate from 278 000 to 292 000
+/// frames/s (medians of 5 runs each).
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
 
 /// Builds the client configuration: the bootstrap servers, idempotence, no local message timeout,
 /// and then the user's librdkafka properties, which may override anything but
