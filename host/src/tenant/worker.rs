@@ -222,8 +222,9 @@ impl TenantWorker {
         let event = selected[position].event;
         self.tenant_metrics.events.inc();
 
-        let now = Instant::now();
-        if !self.quarantine.allows_call(now) {
+        // The clock is read only during a quarantine: a read for every event took about 2 % of
+        // the tenant thread's CPU in an end-to-end profile.
+        if self.quarantine.is_quarantined() && !self.quarantine.allows_call(Instant::now()) {
             return self.fail(event, frame, "quarantined", "the tenant is quarantined after repeated failures");
         }
         let (result, seconds) = self.format_at(selected, position, lookahead);
