@@ -193,7 +193,8 @@ fn tid(random: &mut SplitMix) -> String {
 /// Builds a commit of one realistic record, with filler blocks standing for the MST nodes a real commit
 /// carries: likes, posts with facets, embeds and replies, follows, reposts, profile updates and
 /// deletes, from `dids` accounts, about 5 KB a frame on average as on the live relay. The seq is a
-/// 9-byte integer whenever it is at least 2^32, so [`patch_seq`] can rewrite it in place.
+/// 9-byte integer whenever it is at least 2^32, so its 8 bytes at [`seq_offset`] can be
+/// rewritten in place.
 pub fn realistic_commit(seq: i64, dids: u64, random: &mut SplitMix) -> Vec<u8> {
     let did = format!("did:plc:{:024x}", random.below(dids));
     let subject_did = format!("did:plc:{:024x}", random.below(dids));
@@ -260,9 +261,4 @@ pub fn realistic_commit(seq: i64, dids: u64, random: &mut SplitMix) -> Vec<u8> {
 /// Finds the offset of the 8 seq bytes in a frame whose seq is a 9-byte integer.
 pub fn seq_offset(frame: &[u8]) -> Option<usize> {
     frame.windows(5).position(|window| window == b"\x63seq\x1b").map(|position| position + 5)
-}
-
-/// Rewrites, in place, the seq of a frame found at `offset` by [`seq_offset`].
-pub fn patch_seq(frame: &mut [u8], offset: usize, seq: i64) {
-    frame[offset..offset + 8].copy_from_slice(&(seq as u64).to_be_bytes());
 }
