@@ -187,17 +187,22 @@ impl Formatter {
                 // 7 % of a batch call's time.
                 let mut converted = Vec::with_capacity(results.len());
                 for result in results {
-                    converted.push(match result {
-                        Err(error) => Err(FormatError::Guest(error.to_owned())),
-                        Ok(messages) => check_output(messages.len(), messages.iter().map(|message| message.value.len()), &limits)
-                            .map(|()| {
-                                let mut owned = Messages::with_capacity(messages.len());
-                                for message in messages {
-                                    owned.push(from_packed(message, &reply));
-                                }
-                                owned
-                            }),
-                    });
+                    let messages = match result {
+                        Ok(messages) => messages,
+                        Err(error) => {
+                            converted.push(Err(FormatError::Guest(error.to_owned())));
+                            continue;
+                        }
+                    };
+                    if let Err(error) = check_output(messages.len(), messages.iter().map(|message| message.value.len()), &limits) {
+                        converted.push(Err(error));
+                        continue;
+                    }
+                    let mut owned = Messages::with_capacity(messages.len());
+                    for message in messages {
+                        owned.push(from_packed(message, &reply));
+                    }
+                    converted.push(Ok(owned));
                 }
                 converted
             }
