@@ -50,7 +50,7 @@ fn operations_with(value: &str) -> Vec<Event> {
 }
 
 #[test]
-fn guest_escapes_every_offset_like_native_code() {
+fn guest_escaping_matches_native_code() {
     let events: Vec<Event> = strings().iter().flat_map(|value| operations_with(value)).collect();
     let batch: Vec<BatchEvent<'_>> =
         events.iter().enumerate().map(|(index, event)| BatchEvent { event, event_id: index as u64, received_at_us: 0 }).collect();

