@@ -14,6 +14,7 @@ pub mod formatter;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod prefetch;
 pub mod ratelimit;
 pub mod raw_frames;
 pub mod relay;

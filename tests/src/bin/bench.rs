@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 use atkafka_host::firehose::decode::decode;
 use atkafka_host::firehose::event::Event;
 use atkafka_host::formatter::{BatchEvent, Formatter, FormatterEngine, FormatterLimits, FormatterSource, MAX_BATCH_EVENTS};
+use atkafka_host::pipeline::FRAME_PREFETCH_BYTES;
+use atkafka_host::prefetch::for_each_ahead;
 use atkafka_integration_tests::broker::{free_port, Broker};
 use atkafka_integration_tests::fixtures::{fixtures_dir, read_capture};
 use atkafka_integration_tests::host::{http_get, metric_value, HostProcess};
@@ -553,9 +555,10 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let mut count = 0;
             for _ in 0..DECODE_PASSES {
-                for frame in &pool.frames {
-                    count += decode(frame).events.len();
-                }
+                // As on the host's decoding thread, the next frame is requested into the caches
+                // while one is decoded.
+                let frames = pool.frames.iter().map(|frame| (frame.as_slice(), ()));
+                for_each_ahead(frames, FRAME_PREFETCH_BYTES, |frame, ()| count += decode(frame).events.len());
             }
             rates.push((DECODE_PASSES * pool.frames.len()) as f64 / started.elapsed().as_secs_f64());
             assert!(count > 0);
