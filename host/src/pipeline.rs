@@ -72,15 +72,18 @@ impl Pipeline {
                 let (batch, label) = self.decode_frame(bytes, received_at_us, &mut logs);
                 batches.push(Arc::new(batch));
                 labels.push(label);
-                self.in_flight.done(1);
             });
+            self.in_flight.done(raw_frames.len());
             self.buffers.give(raw_frames.into_buffer());
             self.count_batch(&batches, &labels);
-            for tenant in &self.tenants {
-                if tenant.blocking_send(batches.clone()).is_err() {
-                    tracing::info!("a tenant stopped; no further frames are decoded");
-                    return;
-                }
+            // Every tenant but the last gets a copy of the handoff, and the last gets the
+            // original: each copy costs an atomic increment per frame, and dropping the original
+            // a decrement.
+            let Some((last, others)) = self.tenants.split_last() else { continue };
+            let sent = others.iter().all(|tenant| tenant.blocking_send(batches.clone()).is_ok());
+            if !sent || last.blocking_send(batches).is_err() {
+                tracing::info!("a tenant stopped; no further frames are decoded");
+                return;
             }
         }
     }

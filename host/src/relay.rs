@@ -112,7 +112,8 @@ fn with_jitter(backoff: Duration) -> Duration {
 }
 
 /// The frames read and not yet decoded. The reader adds a batch before sending it and the decoder
-/// subtracts each frame once decoded, so zero means the last seq decoded is the last seq received.
+/// subtracts it once every frame of it is decoded, so zero means the last seq decoded is the last
+/// seq received.
 #[derive(Clone, Default)]
 pub struct InFlight(Arc<AtomicUsize>);
 
