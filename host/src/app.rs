@@ -285,7 +285,7 @@ async fn connect_kafka(settings: &Settings) -> anyhow::Result<Arc<Producer>> {
             }
         }
     }
-    let producer = Arc::new(Producer::new(&config)?);
+    let producer = Arc::new(Producer::new(&config, &topics)?);
     let warm = producer.clone();
     tokio::task::spawn_blocking(move || {
         for topic in topics {

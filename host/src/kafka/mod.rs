@@ -4,3 +4,4 @@
 pub mod delivery;
 pub mod producer;
 pub mod topic;
+pub mod topic_handle;
