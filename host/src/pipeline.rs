@@ -92,7 +92,7 @@ impl Pipeline {
     /// the frame's type label.
     fn decode_frame(&mut self, bytes: &[u8], received_at_us: u64, logs: &mut Logs) -> (FrameBatch, &'static str) {
         // TODO: every frame is decoded on this one thread, so the host decodes no faster than one
-        // core, however many the machine has (720 000 to 800 000 frames/s on the 2-core AMD EPYC
+        // core, however many the machine has (730 000 to 810 000 frames/s on the 2-core AMD EPYC
         // of `make bench`). Decoding on several threads, keeping each DID's frames in order, would
         // lift that limit on larger machines. On two cores shared with the relay and the broker,
         // the end-to-end rate is bound by their total CPU instead.
