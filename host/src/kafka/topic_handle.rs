@@ -18,9 +18,10 @@ use rdkafka::util::IntoOpaque;
 /// A librdkafka topic handle, which must be dropped before the client that made it.
 pub struct TopicHandle(*mut rdsys::rd_kafka_topic_t);
 
-// SAFETY: librdkafka's topic handles may be used from any thread.
+// SAFETY: librdkafka's functions other than its destructors may be called from any thread (its
+// FAQ), and the handle is destroyed only through `&mut self`.
 unsafe impl Send for TopicHandle {}
-// SAFETY: as above, and producing through a handle only reads it.
+// SAFETY: as above, and producing through a shared handle only reads it.
 unsafe impl Sync for TopicHandle {}
 
 impl TopicHandle {
