@@ -152,12 +152,15 @@ impl Producer {
         let inner: ThreadedProducer<DeliveryContext> =
             config.create_with_context(context).context("failed to create the Kafka producer")?;
         let client = inner.client().native_ptr();
-        let topics = topics
-            .iter()
-            // SAFETY: `client` is the live client of `inner`, which the struct drops after them.
-            .filter_map(|topic| unsafe { TopicHandle::new(client, topic) }.map(|handle| (topic.clone(), handle)))
-            .collect();
-        Ok(Producer { topics, inner, reported })
+        let mut handles = Vec::with_capacity(topics.len());
+        for topic in topics {
+            // SAFETY: `client` is the live client of `inner`, which the struct drops after the handles.
+            match unsafe { TopicHandle::new(client, topic) } {
+                Some(handle) => handles.push((topic.clone(), handle)),
+                None => tracing::warn!(%topic, "failed to create a librdkafka topic handle; messages to the topic go through rdkafka's send instead"),
+            }
+        }
+        Ok(Producer { topics: handles, inner, reported })
     }
 
     /// Returns what wakes the delivery checker when a frame's last delivery report arrives.
@@ -194,10 +197,8 @@ impl Producer {
         loop {
             let sent = match handle {
                 Some(handle) => {
-                    let client = self.inner.client().native_ptr();
-                    // SAFETY: the handle was made by this producer's client, and `Arc<FrameAck>` is
-                    // the delivery opaque of its context.
-                    unsafe { handle.produce(client, key, value, ack.clone()) }.map_err(KafkaError::MessageProduction)
+                    // SAFETY: `Arc<FrameAck>` is the delivery opaque of this producer's context.
+                    unsafe { handle.produce(key, value, ack.clone()) }.map_err(KafkaError::MessageProduction)
                 }
                 None => {
                     let mut record = BaseRecord::with_opaque_to(topic, ack.clone()).key(key).payload(value);

@@ -15,8 +15,12 @@ use rdkafka::bindings as rdsys;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::IntoOpaque;
 
-/// A librdkafka topic handle, which must be dropped before the client that made it.
-pub struct TopicHandle(*mut rdsys::rd_kafka_topic_t);
+/// A librdkafka topic handle with the client that created it. It must be dropped before that
+/// client.
+pub struct TopicHandle {
+    client: *mut rdsys::rd_kafka_t,
+    topic: *mut rdsys::rd_kafka_topic_t,
+}
 
 // SAFETY: librdkafka's functions other than its destructors may be called from any thread (its
 // FAQ), and the handle is destroyed only through `&mut self`.
@@ -25,8 +29,8 @@ unsafe impl Send for TopicHandle {}
 unsafe impl Sync for TopicHandle {}
 
 impl TopicHandle {
-    /// Makes the handle of `topic` with the client's default topic settings, as naming the topic
-    /// in a message does. Returns `None` when librdkafka refuses the name.
+    /// Creates the handle of `topic` with the client's default topic settings, as naming the
+    /// topic in a message does. Returns `None` when librdkafka rejects the name.
     ///
     /// # Safety
     ///
@@ -34,8 +38,8 @@ impl TopicHandle {
     pub unsafe fn new(client: *mut rdsys::rd_kafka_t, topic: &str) -> Option<TopicHandle> {
         let name = CString::new(topic).ok()?;
         // SAFETY: the caller vouches for `client`, and a null configuration means the defaults.
-        let handle = unsafe { rdsys::rd_kafka_topic_new(client, name.as_ptr(), std::ptr::null_mut()) };
-        (!handle.is_null()).then_some(TopicHandle(handle))
+        let topic = unsafe { rdsys::rd_kafka_topic_new(client, name.as_ptr(), std::ptr::null_mut()) };
+        (!topic.is_null()).then_some(TopicHandle { client, topic })
     }
 
     /// Hands one message to librdkafka, which copies `key` and `value`, and reports its delivery
@@ -43,15 +47,15 @@ impl TopicHandle {
     ///
     /// # Safety
     ///
-    /// `client` must be the client that made this handle, and `O` the delivery opaque type of
-    /// that client's producer context, which reads the opaque back in its delivery report.
-    pub unsafe fn produce<O: IntoOpaque>(&self, client: *mut rdsys::rd_kafka_t, key: &[u8], value: &[u8], opaque: O) -> Result<(), RDKafkaErrorCode> {
+    /// `O` must be the delivery opaque type of the client's producer context, which reads the
+    /// opaque back in its delivery report.
+    pub unsafe fn produce<O: IntoOpaque>(&self, key: &[u8], value: &[u8], opaque: O) -> Result<(), RDKafkaErrorCode> {
         let opaque = opaque.into_ptr();
         let memory = |bytes: &[u8]| rdsys::rd_kafka_vu_s__bindgen_ty_1 {
             mem: rdsys::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 { ptr: bytes.as_ptr().cast_mut().cast(), size: bytes.len() },
         };
         let fields = [
-            rdsys::rd_kafka_vu_t { vtype: rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT, u: rdsys::rd_kafka_vu_s__bindgen_ty_1 { rkt: self.0 } },
+            rdsys::rd_kafka_vu_t { vtype: rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT, u: rdsys::rd_kafka_vu_s__bindgen_ty_1 { rkt: self.topic } },
             rdsys::rd_kafka_vu_t {
                 vtype: rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
                 u: rdsys::rd_kafka_vu_s__bindgen_ty_1 { i: rdsys::RD_KAFKA_MSG_F_COPY as i32 },
@@ -60,9 +64,9 @@ impl TopicHandle {
             rdsys::rd_kafka_vu_t { vtype: rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY, u: memory(key) },
             rdsys::rd_kafka_vu_t { vtype: rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE, u: rdsys::rd_kafka_vu_s__bindgen_ty_1 { ptr: opaque } },
         ];
-        // SAFETY: the caller vouches for `client`, the fields point at memory that lives through the
-        // call, and librdkafka copies the key and value (RD_KAFKA_MSG_F_COPY).
-        let error = unsafe { rdsys::rd_kafka_produceva(client, fields.as_ptr(), fields.len()) };
+        // SAFETY: the client outlives the handle (see `new`), the fields point at memory that lives
+        // through the call, and librdkafka copies the key and value (RD_KAFKA_MSG_F_COPY).
+        let error = unsafe { rdsys::rd_kafka_produceva(self.client, fields.as_ptr(), fields.len()) };
         if error.is_null() {
             return Ok(());
         }
@@ -81,6 +85,6 @@ impl TopicHandle {
 impl Drop for TopicHandle {
     fn drop(&mut self) {
         // SAFETY: the handle is live (made by `new`, destroyed only here), and its client outlives it.
-        unsafe { rdsys::rd_kafka_topic_destroy(self.0) };
+        unsafe { rdsys::rd_kafka_topic_destroy(self.topic) };
     }
 }
