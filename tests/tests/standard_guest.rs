@@ -1,8 +1,9 @@
 //! The built-in standard formatter, run as a WebAssembly guest, writes exactly what the host's
-//! native code writes for the same events. The guest scans strings for bytes to escape with
-//! WebAssembly SIMD, 16 bytes at a time, and the native code with a plain loop. So these events
-//! put each byte that JSON escapes at every offset of strings of up to 40 bytes. Each escaped
-//! field of an operation gets every such string in turn.
+//! native code writes for the same events. The guest copies and checks each string in one pass:
+//! 16-byte SIMD blocks, or two overlapping pieces of 8 or 4 bytes, or three single bytes. The
+//! native code scans with a plain loop and then copies. So these events put each byte that JSON
+//! escapes at every offset of strings of up to 48 bytes, three blocks. Each escaped field of an
+//! operation gets every such string in turn.
 
 use std::sync::Arc;
 
@@ -13,10 +14,10 @@ use atkafka_host::formatter::{BatchEvent, Formatter, FormatterEngine, FormatterL
 /// that it does not.
 const SPECIAL: [&str; 6] = ["\"", "\\", "\n", "\u{1}", "\u{1f}", "é"];
 
-/// Returns strings of 0 to 40 bytes: plain ones, and each special character at each offset.
+/// Returns strings of 0 to 48 bytes: plain ones, and each special character at each offset.
 fn strings() -> Vec<String> {
     let mut strings = Vec::new();
-    for length in 0..=40 {
+    for length in 0..=48 {
         strings.push("a".repeat(length));
         for special in SPECIAL {
             for offset in 0..length {

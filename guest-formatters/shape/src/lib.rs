@@ -117,42 +117,86 @@ pub fn write_json_string(out: &mut Vec<u8>, value: &str) {
 
 /// Returns whether `bytes` contains a byte that a JSON string escapes: `"`, `\` or a control
 /// character below U+0020. The scan has no early exit, so that the compiler vectorizes it.
-fn needs_escape_portable(bytes: &[u8]) -> bool {
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn needs_escape(bytes: &[u8]) -> bool {
     bytes.iter().fold(false, |found, &byte| found | (byte < 0x20) | (byte == b'"') | (byte == b'\\'))
 }
 
+/// Appends `bytes` to `out` when no byte of it needs escaping, and returns whether it did.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-use needs_escape_portable as needs_escape;
+fn append_if_plain(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    if needs_escape(bytes) {
+        return false;
+    }
+    out.extend_from_slice(bytes);
+    true
+}
 
-/// Returns whether `bytes` contains a byte that a JSON string escapes, as
-/// [`needs_escape_portable`] does, 16 bytes at a time with WebAssembly SIMD. The last block
-/// overlaps the one before. With the portable scan, scanning took about a fifth of the standard
-/// guest's time, because most strings are short (DIDs, CIDs, timestamps). This scan took the
-/// guest from 0.23 to 0.21 µs an event.
+/// Appends `bytes` to `out` when no byte of it needs escaping, and returns whether it did. Copies
+/// and checks in one pass of 16-byte WebAssembly SIMD blocks, the last overlapping the one before.
+///
+/// Most strings are short (DIDs, CIDs, timestamps, rkeys). A scan and then a copy cost the guest a
+/// byte-by-byte loop under 16 bytes, and a call out of the sandbox for each `memory.copy`, which
+/// wasmtime runs in the host. So a string under 16 bytes is two overlapping pieces checked
+/// together.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn needs_escape(bytes: &[u8]) -> bool {
-    use std::arch::wasm32::{u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_any_true, v128_load, v128_or};
+fn append_if_plain(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    use std::arch::wasm32::{u32x4, u64x2, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_any_true, v128_load, v128_or, v128_store};
+    use std::ptr::{read_unaligned, write_unaligned};
 
-    if bytes.len() < 16 {
-        return needs_escape_portable(bytes);
-    }
-    let escaped_in = |at: usize| -> v128 {
-        debug_assert!(at + 16 <= bytes.len());
-        // SAFETY: the callers pass `at` with `at + 16 <= bytes.len()`, and `v128_load` reads
-        // unaligned memory.
-        let block = unsafe { v128_load(bytes.as_ptr().add(at).cast::<v128>()) };
+    let escaped_in = |block: v128| -> v128 {
         let control = u8x16_lt(block, u8x16_splat(0x20));
-        let quote = u8x16_eq(block, u8x16_splat(b'"'));
-        let backslash = u8x16_eq(block, u8x16_splat(b'\\'));
-        v128_or(control, v128_or(quote, backslash))
+        v128_or(control, v128_or(u8x16_eq(block, u8x16_splat(b'"')), u8x16_eq(block, u8x16_splat(b'\\'))))
     };
-    let mut found = escaped_in(bytes.len() - 16);
-    let mut at = 0;
-    while at + 16 < bytes.len() {
-        found = v128_or(found, escaped_in(at));
-        at += 16;
+    let length = bytes.len();
+    out.reserve(length);
+    let start = out.len();
+    // SAFETY: `out` has room for `length` more bytes, so every write below stays inside its
+    // spare capacity, and every read stays inside `bytes`: each piece or block starts at an
+    // offset from 0 to `length` minus its size. `v128_load` and `v128_store` take unaligned
+    // addresses. The length is set only after all `length` bytes were written.
+    unsafe {
+        let (source, target) = (bytes.as_ptr(), out.as_mut_ptr().add(start));
+        let found = if length >= 16 {
+            let mut found = u8x16_splat(0);
+            let mut at = 0;
+            while at + 16 < length {
+                let block = v128_load(source.add(at).cast::<v128>());
+                // A plain store here lets the compiler turn the loop's copy back into one
+                // `memory.copy`.
+                std::ptr::write_volatile(target.add(at).cast::<v128>(), block);
+                found = v128_or(found, escaped_in(block));
+                at += 16;
+            }
+            let last = v128_load(source.add(length - 16).cast::<v128>());
+            v128_store(target.add(length - 16).cast::<v128>(), last);
+            v128_or(found, escaped_in(last))
+        } else if length >= 8 {
+            let (first, last) = (read_unaligned(source.cast::<u64>()), read_unaligned(source.add(length - 8).cast::<u64>()));
+            write_unaligned(target.cast::<u64>(), first);
+            write_unaligned(target.add(length - 8).cast::<u64>(), last);
+            escaped_in(u64x2(first, last))
+        } else if length >= 4 {
+            let (first, last) = (read_unaligned(source.cast::<u32>()), read_unaligned(source.add(length - 4).cast::<u32>()));
+            write_unaligned(target.cast::<u32>(), first);
+            write_unaligned(target.add(length - 4).cast::<u32>(), last);
+            escaped_in(u32x4(first, last, first, last))
+        } else if length > 0 {
+            let (first, middle, last) = (*source, *source.add(length / 2), *source.add(length - 1));
+            *target = first;
+            *target.add(length / 2) = middle;
+            *target.add(length - 1) = last;
+            let pieces = u32::from_le_bytes([first, middle, last, first]);
+            escaped_in(u32x4(pieces, pieces, pieces, pieces))
+        } else {
+            return true;
+        };
+        if v128_any_true(found) {
+            return false;
+        }
+        out.set_len(start + length);
     }
-    v128_any_true(found)
+    true
 }
 
 /// Appends `value` escaped for the inside of a JSON string literal. Escaping works character by
@@ -160,10 +204,16 @@ fn needs_escape(bytes: &[u8]) -> bool {
 pub fn write_json_string_contents(out: &mut Vec<u8>, value: &str) {
     // serde_json escapes only `"`, `\` and control characters below U+0020. Most strings contain
     // none of them and are copied whole.
-    if !needs_escape(value.as_bytes()) {
-        out.extend_from_slice(value.as_bytes());
-        return;
+    if !append_if_plain(out, value.as_bytes()) {
+        write_escaped(out, value);
     }
+}
+
+/// Appends `value` escaped by serde_json. Kept out of line: inlined, it made the guest's common
+/// path of [`write_json_string_contents`] keep fewer values in registers.
+#[cold]
+#[inline(never)]
+fn write_escaped(out: &mut Vec<u8>, value: &str) {
     // `serde_json::to_string` fails only when a `Serialize` impl fails or a map has non-string
     // keys, and a `str` has neither.
     let literal = serde_json::to_string(value).expect("a str serializes to JSON");
