@@ -314,35 +314,98 @@ pub struct PackedMessage<'a> {
 
 /// Reads packed results: one per event, each the event's messages or its error.
 pub fn read_results(bytes: &[u8]) -> Result<Vec<Result<PackedMessages<'_>, &str>>, LayoutError> {
-    let mut reader = Reader { bytes, offset: 0, utf8_known: false };
-    // The smallest result is an error with an empty message: 5 bytes.
-    let count = reader.count(5)?;
-    let mut results = Vec::with_capacity(count);
-    for _ in 0..count {
-        match reader.u8()? {
-            RESULT_ERROR => results.push(Err(reader.str()?)),
-            RESULT_OK => {
-                // The smallest message is an empty value, no key, no headers and no topic.
-                let count = reader.count(16)?;
+    let mut reader = ResultReader::new(bytes)?;
+    let mut results = Vec::with_capacity(reader.len());
+    while let Some(result) = reader.next_result()? {
+        match result {
+            Err(error) => results.push(Err(error)),
+            Ok(count) => {
                 let mut messages = PackedMessages::with_capacity(count);
                 for _ in 0..count {
-                    let value = reader.bytes()?;
-                    let key = reader.optional_bytes()?;
-                    let header_count = reader.count(8)?;
-                    let mut headers = Vec::with_capacity(header_count);
-                    for _ in 0..header_count {
-                        headers.push((reader.str()?, reader.bytes()?));
-                    }
-                    let topic = reader.optional_str()?;
-                    messages.push(PackedMessage { value, key, headers, topic });
+                    messages.push(reader.next_message()?);
                 }
                 results.push(Ok(messages));
             }
-            _ => return Err(reader.error("a result is neither 0 (messages) nor 1 (error)")),
         }
     }
-    reader.finish()?;
     Ok(results)
+}
+
+/// Reads packed results in place, one event and one message at a time, for a caller that
+/// converts them as it goes instead of collecting them first as [`read_results`] does.
+///
+/// After [`ResultReader::next_result`] returns a message count, the caller reads exactly that
+/// many messages with [`ResultReader::next_message`] before the next result.
+pub struct ResultReader<'a> {
+    reader: Reader<'a>,
+    /// The results not read yet.
+    results_left: usize,
+    /// The messages of the current result not read yet.
+    messages_left: usize,
+}
+
+impl<'a> ResultReader<'a> {
+    /// Starts reading `bytes`, whose first field is the number of results.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, LayoutError> {
+        let mut reader = Reader { bytes, offset: 0, utf8_known: false };
+        // The smallest result is an error with an empty message: 5 bytes.
+        let results_left = reader.count(5)?;
+        Ok(ResultReader { reader, results_left, messages_left: 0 })
+    }
+
+    /// Returns the number of results not read yet.
+    pub fn len(&self) -> usize {
+        self.results_left
+    }
+
+    /// Returns whether every result was read.
+    pub fn is_empty(&self) -> bool {
+        self.results_left == 0
+    }
+
+    /// Reads the next event's result: its number of messages, or its error. Returns `None` after
+    /// the last result, once it checked that no bytes follow.
+    ///
+    /// # Panics
+    ///
+    /// When messages of the previous result were left unread.
+    pub fn next_result(&mut self) -> Result<Option<Result<usize, &'a str>>, LayoutError> {
+        assert_eq!(self.messages_left, 0, "every message of a result is read before the next result");
+        if self.results_left == 0 {
+            self.reader.finish()?;
+            return Ok(None);
+        }
+        self.results_left -= 1;
+        match self.reader.u8()? {
+            RESULT_ERROR => Ok(Some(Err(self.reader.str()?))),
+            RESULT_OK => {
+                // The smallest message is an empty value, no key, no headers and no topic.
+                self.messages_left = self.reader.count(16)?;
+                Ok(Some(Ok(self.messages_left)))
+            }
+            _ => Err(self.reader.error("a result is neither 0 (messages) nor 1 (error)")),
+        }
+    }
+
+    /// Reads the next message of the current result.
+    ///
+    /// # Panics
+    ///
+    /// When every message of the current result was read.
+    pub fn next_message(&mut self) -> Result<PackedMessage<'a>, LayoutError> {
+        assert!(self.messages_left > 0, "a message is read only within its result's count");
+        self.messages_left -= 1;
+        let reader = &mut self.reader;
+        let value = reader.bytes()?;
+        let key = reader.optional_bytes()?;
+        let header_count = reader.count(8)?;
+        let mut headers = Vec::with_capacity(header_count);
+        for _ in 0..header_count {
+            headers.push((reader.str()?, reader.bytes()?));
+        }
+        let topic = reader.optional_str()?;
+        Ok(PackedMessage { value, key, headers, topic })
+    }
 }
 
 /// Writes packed results, one event at a time: [`ResultWriter::error`], or

@@ -388,13 +388,24 @@ pub(super) fn check_output(
     mut value_lengths: impl Iterator<Item = usize>,
     limits: &FormatterLimits,
 ) -> Result<(), FormatError> {
+    check_message_count(count, limits)?;
+    value_lengths.try_for_each(|length| check_message_bytes(length, limits))
+}
+
+/// Checks the number of messages of one event against the output limits.
+pub(super) fn check_message_count(count: usize, limits: &FormatterLimits) -> Result<(), FormatError> {
     if count > limits.max_messages_per_event {
         return Err(FormatError::OutputLimit(format!(
             "{count} messages for one event, the limit is {}",
             limits.max_messages_per_event
         )));
     }
-    if let Some(length) = value_lengths.find(|length| *length > limits.max_message_bytes) {
+    Ok(())
+}
+
+/// Checks the length of one message's value against the output limits.
+pub(super) fn check_message_bytes(length: usize, limits: &FormatterLimits) -> Result<(), FormatError> {
+    if length > limits.max_message_bytes {
         return Err(FormatError::OutputLimit(format!(
             "a message of {length} bytes, the limit is {}",
             limits.max_message_bytes
