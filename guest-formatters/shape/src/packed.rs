@@ -8,8 +8,6 @@
 //! [`read_host_events`] takes strings unchecked, from a caller that vouches for them. The writers
 //! produce exactly what the readers accept.
 
-use smallvec::SmallVec;
-
 use crate::{Action, EventView};
 
 /// The length written for an absent optional string or byte string.
@@ -299,10 +297,6 @@ fn read_events_with(mut reader: Reader<'_>) -> Result<Vec<PackedEvent<'_>>, Layo
     Ok(events)
 }
 
-/// The messages of one event. Most formatters return one message an event, which this keeps
-/// without an allocation of its own.
-pub type PackedMessages<'a> = SmallVec<[PackedMessage<'a>; 1]>;
-
 /// One message of a packed result, borrowing the buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackedMessage<'a> {
@@ -312,27 +306,8 @@ pub struct PackedMessage<'a> {
     pub topic: Option<&'a str>,
 }
 
-/// Reads packed results: one per event, each the event's messages or its error.
-pub fn read_results(bytes: &[u8]) -> Result<Vec<Result<PackedMessages<'_>, &str>>, LayoutError> {
-    let mut reader = ResultReader::new(bytes)?;
-    let mut results = Vec::with_capacity(reader.len());
-    while let Some(result) = reader.next_result()? {
-        match result {
-            Err(error) => results.push(Err(error)),
-            Ok(count) => {
-                let mut messages = PackedMessages::with_capacity(count);
-                for _ in 0..count {
-                    messages.push(reader.next_message()?);
-                }
-                results.push(Ok(messages));
-            }
-        }
-    }
-    Ok(results)
-}
-
-/// Reads packed results in place, one event and one message at a time, for a caller that
-/// converts them as it goes instead of collecting them first as [`read_results`] does.
+/// Reads packed results in place, one event and one message at a time, so that the caller
+/// converts each message as it is read.
 ///
 /// After [`ResultReader::next_result`] returns a message count, the caller reads exactly that
 /// many messages with [`ResultReader::next_message`] before the next result.
@@ -540,6 +515,22 @@ mod tests {
         }
     }
 
+    /// Reads every result of a packed reply: the event's messages, or its error.
+    fn read_results(bytes: &[u8]) -> Result<Vec<Result<Vec<PackedMessage<'_>>, &str>>, LayoutError> {
+        let mut reader = ResultReader::new(bytes)?;
+        let mut results = Vec::new();
+        while let Some(result) = reader.next_result()? {
+            match result {
+                Err(error) => results.push(Err(error)),
+                Ok(count) => {
+                    let messages = (0..count).map(|_| reader.next_message()).collect::<Result<Vec<_>, _>>()?;
+                    results.push(Ok(messages));
+                }
+            }
+        }
+        Ok(results)
+    }
+
     #[test]
     fn results_read_back_as_written() {
         let mut writer = ResultWriter::new(3, 0);
@@ -554,12 +545,12 @@ mod tests {
         assert_eq!(
             results,
             vec![
-                Ok(smallvec::smallvec![
+                Ok(vec![
                     PackedMessage { value: b"{}", key: None, headers: vec![], topic: None },
                     PackedMessage { value: b"v", key: Some(b"k"), headers: vec![("h", b"1"), ("", b"")], topic: Some("other") },
                 ]),
                 Err("rejected"),
-                Ok(PackedMessages::new()),
+                Ok(vec![]),
             ]
         );
     }
