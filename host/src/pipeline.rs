@@ -92,11 +92,11 @@ impl Pipeline {
     /// the frame's type label.
     fn decode_frame(&mut self, bytes: &[u8], received_at_us: u64, logs: &mut Logs) -> (FrameBatch, &'static str) {
         // TODO: every frame is decoded on this one thread, so the host decodes no faster than one
-        // core, however many the machine has (about 480 000 frames/s on a 2-core Intel Xeon in
-        // `make bench`, 730 000 to 810 000 on a 2-core AMD EPYC). Decoding on several threads,
-        // keeping each DID's frames in order, would lift that limit on larger machines. On two
-        // cores shared with the relay and the broker, the end-to-end rate is bound by their total
-        // CPU instead.
+        // core, however many the machine has. In `make bench` that is about 480 000 frames/s on a
+        // 2-core Intel Xeon, and 730 000 to 810 000 on a 2-core AMD EPYC. Decoding on several
+        // threads, keeping each DID's frames in order, would lift that limit on larger machines.
+        // On two cores shared with the relay and the broker, the end-to-end rate is bound by
+        // their total CPU instead.
         let decoded = decode(bytes);
         self.record_frame(&decoded, logs);
         let mut events = Vec::with_capacity(decoded.events.len());

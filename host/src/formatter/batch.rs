@@ -236,17 +236,17 @@ fn read_packed_results(reply: &Bytes, limits: &FormatterLimits) -> Result<Vec<Re
                 continue;
             }
         };
-        // The result is filled in place. Built aside and then moved into `results`, each result
-        // was copied through the stack, and that copy was the function's hot spot in a profile.
+        // The result is filled in place. Built aside and then pushed, it was copied through the
+        // stack, the hot spot of this function in a profile.
         results.push(check_message_count(count, limits).map(|()| Messages::with_capacity(count)));
-        let checked = results.last_mut().expect("a result was just pushed");
+        let entry = results.last_mut().expect("a result was just pushed");
         // Messages past a limit are still read, so that the reader stays on the layout.
         for _ in 0..count {
             let message = reader.next_message()?;
-            if let Ok(messages) = checked {
+            if let Ok(messages) = entry {
                 match check_message_bytes(message.value.len(), limits) {
                     Ok(()) => messages.push(from_packed(message, reply)),
-                    Err(error) => *checked = Err(error),
+                    Err(error) => *entry = Err(error),
                 }
             }
         }
@@ -276,9 +276,13 @@ mod tests {
 
         let results = read_packed_results(&reply, &limits).expect("the reply follows the layout");
         assert_eq!(results.len(), 4);
-        assert!(matches!(&results[0], Err(FormatError::OutputLimit(text)) if text.contains("3 messages")), "{:?}", results[0]);
-        assert!(matches!(&results[1], Err(FormatError::OutputLimit(text)) if text.contains("10 bytes")), "{:?}", results[1]);
-        assert!(matches!(&results[2], Err(FormatError::Guest(text)) if text == "rejected"), "{:?}", results[2]);
+        let Err(FormatError::OutputLimit(too_many)) = &results[0] else { panic!("expected an output limit: {:?}", results[0]) };
+        assert!(too_many.contains("3 messages"), "{too_many}");
+        let Err(FormatError::OutputLimit(too_long)) = &results[1] else { panic!("expected an output limit: {:?}", results[1]) };
+        assert!(too_long.contains("10 bytes"), "{too_long}");
+        let Err(FormatError::Guest(error)) = &results[2] else { panic!("expected the guest's error: {:?}", results[2]) };
+        assert_eq!(error, "rejected");
+
         let messages = results[3].as_ref().expect("the last event's message fits the limits");
         assert_eq!(messages.len(), 1);
         assert_eq!(&messages[0].value[..], b"fits");
