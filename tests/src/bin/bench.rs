@@ -22,7 +22,8 @@
 //!    cached.
 //!
 //! Sizes can be lowered for a quick look with BENCH_FRAMES (end-to-end frames per run, default
-//! 500 000), BENCH_MEMORY_FRAMES (default 1 000 000) and BENCH_RUNS (default 3). BENCH_STEPS
+//! 500 000), BENCH_MEMORY_FRAMES (default 1 000 000) and BENCH_RUNS (runs of steps 1 to 4, and
+//! start-ups after the first, default 3). The report's first line gives them. BENCH_STEPS
 //! picks steps by number (default all). `BENCH_STEPS=1,2` measures only the in-process steps,
 //! without a broker, for profiling decode and format. Steps (3) and (4) always run together.
 
@@ -531,7 +532,12 @@ fn main() -> anyhow::Result<()> {
     let memory_frames = env_number("BENCH_MEMORY_FRAMES", 1_000_000);
     let steps = steps();
     let mut report = String::new();
-    writeln!(report, "Machine: {}; atkafka-host {}; median of {runs} runs.\n", machine(), env!("CARGO_PKG_VERSION"))?;
+    writeln!(
+        report,
+        "Machine: {}; atkafka-host {}; median of {runs} runs; {e2e_frames} frames an end-to-end run, {memory_frames} in the memory run.\n",
+        machine(),
+        env!("CARGO_PKG_VERSION")
+    )?;
     if std::env::var_os("BENCH_STEPS").is_some() {
         writeln!(report, "Steps measured: {steps:?}.\n")?;
     }
@@ -698,6 +704,8 @@ fn main() -> anyhow::Result<()> {
             eprintln!("end to end on the real capture, cycled: {e2e_frames} frames");
             let run = run_host(&broker, real, e2e_frames, None, &[], 0);
             row("3. end to end, real capture cycled (frames/s)", format!("{:.0}", run.frames_per_second));
+        } else {
+            row("3. end to end, real capture cycled (frames/s)", format!("not measured: no capture at {}", capture_path.display()));
         }
 
         let median_of = |runs: &[LimitRun], field: fn(&LimitRun) -> f64| median(&mut runs.iter().map(field).collect::<Vec<_>>());
@@ -777,7 +785,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Prints the report and writes it to target/bench/results.md.
 fn write_report(report: &str) -> anyhow::Result<()> {
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate lives inside the workspace");
+    let out = workspace.join("target/bench");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.md"), report)?;
     println!("\n{report}\nwritten to {}", out.join("results.md").display());
