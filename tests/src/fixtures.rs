@@ -13,8 +13,7 @@ pub fn fixtures_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ATKAFKA_FIXTURES") {
         return PathBuf::from(dir);
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace");
-    workspace.join("..").join("shared").join("fixtures")
+    crate::workspace_dir().join("..").join("shared").join("fixtures")
 }
 
 /// Returns the fixture at `relative`, or `None` after reporting the skip. Panics instead when
@@ -68,16 +67,14 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
 
 /// Returns the path of a guest component built by `make guests`, such as `atkafka_formatter_hostile`.
 pub fn built_guest(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guest-build/wasm32-wasip2/guest")
-        .join(format!("{name}.wasm"));
+    let path = crate::workspace_dir().join("target/guest-build/wasm32-wasip2/guest").join(format!("{name}.wasm"));
     assert!(path.exists(), "{} is missing: run `make guests`", path.display());
     path
 }
 
 /// Returns the path of an example formatter built by `make examples`, such as `posts-python`.
 pub fn built_example(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/examples").join(format!("{name}.wasm"));
+    let path = crate::workspace_dir().join("target/examples").join(format!("{name}.wasm"));
     assert!(path.exists(), "{} is missing: run `make examples`", path.display());
     path
 }

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("ATKAFKA_HOST_BIN") {
         return PathBuf::from(path);
     }
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target");
+    let target = crate::workspace_dir().join("target");
     for profile in ["release", "debug"] {
         let path = target.join(profile).join("atkafka-host");
         if path.exists() {

@@ -13,3 +13,8 @@ pub mod pds;
 pub mod synthetic;
 pub mod replay;
 pub mod scenario;
+
+/// Returns the workspace folder, the parent of this crate, which contains `target/`.
+pub fn workspace_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+}

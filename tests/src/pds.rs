@@ -16,16 +16,13 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 
 use crate::host::{unique, wait_for_child};
+use crate::workspace_dir;
 
 /// How long the PLC directory and the PDS may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the session script may take. It takes about 6 s on a two-core machine, 3 s of which
 /// is a deliberate wait.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
-}
 
 /// Returns the Node project with the PDS and its scripts: `tests/pds`.
 pub fn pds_dir() -> PathBuf {

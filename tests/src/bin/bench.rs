@@ -698,15 +698,16 @@ fn main() -> anyhow::Result<()> {
         row("3. peak RSS", format!("{:.1} MB", median_of(&e2e, |run| run.peak_rss as f64) / 1e6));
 
         let capture_path = fixtures_dir().join("relay-capture/frames.bin.zst");
-        if capture_path.exists() {
+        let real_capture_rate = if capture_path.exists() {
             let capture = read_capture(&capture_path)?;
             let real = Arc::new(Pool::from_frames(capture.into_iter().filter(|frame| seq_offset(frame).is_some()).collect()));
             eprintln!("end to end on the real capture, cycled: {e2e_frames} frames");
             let run = run_host(&broker, real, e2e_frames, None, &[], 0);
-            row("3. end to end, real capture cycled (frames/s)", format!("{:.0}", run.frames_per_second));
+            format!("{:.0}", run.frames_per_second)
         } else {
-            row("3. end to end, real capture cycled (frames/s)", format!("not measured: no capture at {}", capture_path.display()));
-        }
+            format!("not measured: no capture at {}", capture_path.display())
+        };
+        row("3. end to end, real capture cycled (frames/s)", real_capture_rate);
 
         let median_of = |runs: &[LimitRun], field: fn(&LimitRun) -> f64| median(&mut runs.iter().map(field).collect::<Vec<_>>());
         let plain = median_of(&limits, |run| run.messages_per_second);
@@ -785,8 +786,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Prints the report and writes it to target/bench/results.md.
 fn write_report(report: &str) -> anyhow::Result<()> {
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate lives inside the workspace");
-    let out = workspace.join("target/bench");
+    let out = atkafka_integration_tests::workspace_dir().join("target/bench");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.md"), report)?;
     println!("\n{report}\nwritten to {}", out.join("results.md").display());
